@@ -1,0 +1,74 @@
+"""Model-level throughput: sentences/s and per-batch latency on SST-2 dev sentences.
+
+    python -m model.benchmark --data ../shared/data/sst2 [--batch-sizes 1 8 32 64] [--device cuda] [--backend onnx]
+
+Each batch size runs twice: length-sorted (as the worker batches) and in the file's order.
+"""
+
+import argparse
+import statistics
+import time
+
+from model import BUNDLED_MODEL_DIR
+from model.evaluate import load_backend
+from model.inference import default_threads, length_sorted_batches
+from model.sst2 import read_split
+
+
+def run(model, token_ids: list[list[int]], batch_size: int, sort_by_length: bool) -> dict:
+    """Score every sentence once in batches of ``batch_size``; return throughput and latency figures."""
+    if sort_by_length:
+        batches = length_sorted_batches([len(ids) for ids in token_ids], batch_size, max_tokens=10**9)
+    else:
+        batches = [list(range(i, min(i + batch_size, len(token_ids)))) for i in range(0, len(token_ids), batch_size)]
+    model.predict_encoded([token_ids[i] for i in batches[len(batches) // 2]])  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for batch in batches:
+        batch_started = time.perf_counter()
+        model.predict_encoded([token_ids[i] for i in batch])
+        latencies.append(time.perf_counter() - batch_started)
+    seconds = time.perf_counter() - started
+    latencies.sort()
+    padded = sum(len(batch) * max(len(token_ids[i]) for i in batch) for batch in batches)
+    real = sum(len(ids) for ids in token_ids)
+    return {
+        "sentences_per_s": len(token_ids) / seconds,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "padding": 1 - real / padded,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
+    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--repeat", type=int, default=1, help="score the dev set this many times per setting")
+    args = parser.parse_args()
+
+    model = load_backend(args.model, args.backend, args.device, args.threads)
+    sentences = [example.sentence for example in read_split(args.data, "dev")] * args.repeat
+    token_ids = model.encode(sentences)
+    print(
+        f"model {model.identity}, backend {args.backend}, device {model.device},"
+        f" threads {args.threads}, {len(sentences)} sentences"
+    )
+    print(f"{'batch':>5} {'order':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'padding':>8}")
+    for batch_size in args.batch_sizes:
+        for sort_by_length in (True, False):
+            figures = run(model, token_ids, batch_size, sort_by_length)
+            order = "sorted" if sort_by_length else "given"
+            print(
+                f"{batch_size:>5} {order:>7} {figures['sentences_per_s']:>8.1f} {figures['p50_ms']:>8.1f}"
+                f" {figures['p99_ms']:>8.1f} {figures['padding']:>7.0%}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""SST-2 dev accuracy and confusion matrix of any model folder or hub id.
+
+python -m model.evaluate --data ../shared/data/sst2 [--model model/sst2-minilm-l6] [--backend onnx]
+"""
+
+import argparse
+import time
+
+from model import BUNDLED_MODEL_DIR
+from model.labels import ID2LABEL, NEGATIVE, POSITIVE
+from model.sst2 import read_split
+
+
+def load_backend(source: str, backend: str, device: str, threads: int | None):
+    """Load ``source`` through the torch or the ONNX Runtime backend."""
+    if backend == "onnx":
+        from model.onnx_backend import OnnxSentimentModel
+
+        return OnnxSentimentModel.load(source, device=device, threads=threads)
+    from model.inference import SentimentModel
+
+    return SentimentModel.load(source, device=device, threads=threads)
+
+
+def confusion_matrix(gold: list[str], predicted: list[str]) -> dict[tuple[str, str], int]:
+    """Counts of (gold, predicted) label pairs."""
+    counts = {(g, p): 0 for g in (NEGATIVE, POSITIVE) for p in (NEGATIVE, POSITIVE)}
+    for pair in zip(gold, predicted):
+        counts[pair] += 1
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
+    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR), help="model folder or hub id")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N dev sentences")
+    args = parser.parse_args()
+
+    examples = read_split(args.data, "dev")
+    if args.limit:
+        examples = examples[: args.limit]
+    model = load_backend(args.model, args.backend, args.device, args.threads)
+    started = time.perf_counter()
+    predictions = model.predict([example.sentence for example in examples])
+    seconds = time.perf_counter() - started
+    gold = [ID2LABEL[example.label] for example in examples]
+    predicted = [prediction[0]["label"] for prediction in predictions]
+    correct = sum(g == p for g, p in zip(gold, predicted))
+    matrix = confusion_matrix(gold, predicted)
+
+    print(f"model: {args.model} ({model.identity}, backend {args.backend}, device {model.device})")
+    print(f"SST-2 dev sentences: {len(examples)}, scored in {seconds:.1f}s")
+    print(f"accuracy: {correct / len(examples):.4f} ({correct}/{len(examples)})")
+    print("confusion matrix (rows gold, columns predicted):")
+    print(f"{'':>10} {NEGATIVE:>9} {POSITIVE:>9}")
+    for g in (NEGATIVE, POSITIVE):
+        print(f"{g:>10} {matrix[(g, NEGATIVE)]:>9} {matrix[(g, POSITIVE)]:>9}")
+
+
+if __name__ == "__main__":
+    main()

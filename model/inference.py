@@ -1,0 +1,169 @@
+"""Tokenise -> infer -> post-process for any NEGATIVE/POSITIVE sequence classifier.
+
+The worker, the evaluation and the benchmark all go through this module, so a
+score measured offline is the score the service serves.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from model import BUNDLED_MODEL_DIR
+from model.labels import ID2LABEL, NEGATIVE, POSITIVE
+
+# One text's answer: both labels, highest score first.
+Prediction = list[dict[str, float | str]]
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded or does not have the NEGATIVE/POSITIVE label set."""
+
+
+def resolve_device(requested: str) -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; check explicit choices."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DEVICE=cuda was asked for, but torch sees no CUDA device")
+    if requested not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    return requested
+
+
+def label_order(id2label: dict) -> list[str]:
+    """Return the canonical label of each output index, or fail if the labels are not NEGATIVE/POSITIVE."""
+    labels = [str(id2label[index]).upper() for index in sorted(id2label, key=int)]
+    if sorted(labels) != sorted(ID2LABEL.values()):
+        raise ModelLoadError(f"model labels {labels} are not exactly {NEGATIVE} and {POSITIVE}")
+    return labels
+
+
+def postprocess(probabilities: Sequence[Sequence[float]], labels: Sequence[str]) -> list[Prediction]:
+    """Turn per-class probabilities into both labels with scores, highest first."""
+    predictions = []
+    for row in probabilities:
+        scored = [{"label": label, "score": float(score)} for label, score in zip(labels, row)]
+        scored.sort(key=lambda item: item["score"], reverse=True)
+        predictions.append(scored)
+    return predictions
+
+
+def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Pad to the longest sequence in this batch only (dynamic padding)."""
+    width = max(len(ids) for ids in token_ids)
+    input_ids = [list(ids) + [pad_id] * (width - len(ids)) for ids in token_ids]
+    attention_mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in token_ids]
+    return input_ids, attention_mask
+
+
+def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Group indices, shortest first, into batches bounded by text count and padded token count."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        # Sorted ascending, so this text is the longest so far: padded size = count * its length.
+        padded_tokens = (len(current) + 1) * lengths[index]
+        if current and (len(current) >= max_texts or padded_tokens > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class TextClassifier:
+    """Tokenisation, batching and post-processing shared by every backend; subclasses run ``infer``."""
+
+    def __init__(self, tokenizer, id2label: dict, max_positions: int | None, name: str, device: str, weights_digest: str):
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        self.labels = label_order(id2label)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.max_length = int(min(tokenizer.model_max_length, max_positions or tokenizer.model_max_length))
+        self.identity = f"{Path(name).name}@{weights_digest[:16]}"
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Tokenise without padding, truncating at the model's maximum length."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return encoded["input_ids"]
+
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Run one forward pass over one batch and return per-class probabilities."""
+        raise NotImplementedError
+
+    def predict_encoded(self, token_ids: Sequence[Sequence[int]]) -> list[Prediction]:
+        """Score one already-tokenised batch, in the given order."""
+        return postprocess(self.infer(token_ids), self.labels)
+
+    def predict(
+        self, texts: Sequence[str], max_texts: int = 64, max_tokens: int = 8192, sort_by_length: bool = True
+    ) -> list[Prediction]:
+        """Score texts in batches (length-sorted unless told otherwise) and answer in input order."""
+        if not texts:
+            return []
+        token_ids = self.encode(texts)
+        if sort_by_length:
+            batches = length_sorted_batches([len(ids) for ids in token_ids], max_texts, max_tokens)
+        else:
+            batches = [list(range(start, min(start + max_texts, len(texts)))) for start in range(0, len(texts), max_texts)]
+        predictions: list[Prediction | None] = [None] * len(texts)
+        for batch in batches:
+            for index, prediction in zip(batch, self.predict_encoded([token_ids[i] for i in batch])):
+                predictions[index] = prediction
+        return predictions
+
+
+def config_digest(config) -> "hashlib._Hash":
+    """A running hash seeded with the model config, to which weights are added."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+
+
+class SentimentModel(TextClassifier):
+    """A transformers sequence-classification model run with torch."""
+
+    def __init__(self, model, tokenizer, name: str, device: str):
+        self.model = model.eval()
+        digest = config_digest(model.config)
+        for key, tensor in sorted(model.state_dict().items()):
+            # Every weight counts, so a changed model never reads another model's cache.
+            digest.update(key.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        positions = getattr(model.config, "max_position_embeddings", None)
+        super().__init__(tokenizer, model.config.id2label, positions, name, device, digest.hexdigest())
+
+    @classmethod
+    def load(cls, source: str | Path = BUNDLED_MODEL_DIR, device: str = "auto", threads: int | None = None):
+        """Load a local model folder or a hub id, computing in float32 whatever dtype it was stored in."""
+        if threads:
+            torch.set_num_threads(threads)
+        transformers_logging.disable_progress_bar()
+        resolved = resolve_device(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            # transformers 5 keeps the stored dtype; fp16 matmuls are slow on CPU, so compute in fp32.
+            model = AutoModelForSequenceClassification.from_pretrained(str(source), dtype=torch.float32)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot load model {source!r}: {error}") from error
+        return cls(model.to(resolved), tokenizer, str(source), resolved)
+
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        input_ids, attention_mask = pad_batch(token_ids, self.pad_id)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=torch.tensor(input_ids, device=self.device),
+                attention_mask=torch.tensor(attention_mask, device=self.device),
+            ).logits
+            return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+
+
+def default_threads() -> int:
+    """Use every CPU this process may run on."""
+    return len(os.sched_getaffinity(0))
