@@ -1,0 +1,62 @@
+# The two commands: `make run` (the whole service) and `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c requirements/constraints.txt
+# Where PyPI's torch is the multi-GB CUDA build, point this at the PyTorch CPU wheel index.
+TORCH_INDEX ?=
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+SST2_DIR ?= ../shared/data/sst2
+PYTEST_ARGS ?=
+
+.PHONY: run test lint install install-dev redis-server promtool constraints evaluate model-bench bench export-onnx smoke soak clean
+
+run: install redis-server
+	VENV=$(VENV) scripts/run-local.sh
+
+test: install-dev redis-server promtool lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	VENV=$(VENV) scripts/lint.sh
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: requirements/web.txt requirements/worker.txt requirements/constraints.txt | $(VENV)/bin/python
+	$(PIP) $(TORCH_INDEX_ARG) -r requirements/web.txt -r requirements/worker.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.run-installed requirements/dev.txt
+	$(PIP) $(TORCH_INDEX_ARG) -r requirements/dev.txt
+	$(VENV)/bin/pip check
+	touch $@
+
+install: $(VENV)/.run-installed
+install-dev: $(VENV)/.dev-installed
+
+# Debian packages, installed only when their command is missing: redis-server for the stack and
+# the tests, promtool (package prometheus) for the Prometheus config check.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
+
+redis-server:
+	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
+
+promtool:
+	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus; }
+
+constraints:
+	$(VENV)/bin/pip freeze | sed 's/+cpu$$//' | grep -v '^-e' > requirements/constraints.txt
+
+evaluate: install-dev
+	$(VENV)/bin/python -m model.evaluate --data $(SST2_DIR)
+
+model-bench: install-dev
+	$(VENV)/bin/python -m model.benchmark --data $(SST2_DIR)
+
+export-onnx: install-dev
+	$(VENV)/bin/python -m model.export_onnx --output build/onnx-sst2-minilm-l6
+
+clean:
+	rm -rf build results .pytest_cache

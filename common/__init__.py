@@ -1,0 +1,1 @@
+"""Code shared by the web front end and the workers; nothing here imports torch."""

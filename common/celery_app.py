@@ -1,0 +1,40 @@
+"""The Celery application, built from settings; the web side uses it only to send tasks by name."""
+
+from celery import Celery
+
+PREDICT_TASK = "sentiment.predict"
+
+
+def create_celery(settings) -> Celery:
+    """Build a Celery app on the Redis broker with the service's reliability settings."""
+    app = Celery("sentiment", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        # JSON only: a pickle payload from the broker would be code execution.
+        task_serializer="json",
+        accept_content=["json"],
+        # Job records live in our own Redis keys; Celery's result backend is not used.
+        task_ignore_result=True,
+        task_default_queue=settings.queue_name,
+        task_routes={PREDICT_TASK: {"queue": settings.queue_name}},
+        # Ack only after the job's results are stored, so a killed worker's jobs run again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        broker_transport_options={
+            # Unacked jobs come back after this long; it must exceed the longest job (see README).
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for a dead worker's unacked jobs every few seconds (kombu's default scans every 100 s).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_connection_timeout=2,
+        # The web side must answer 503 quickly when Redis is away, not retry for long.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+    )
+    return app

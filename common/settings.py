@@ -1,0 +1,80 @@
+"""Every setting of the service, read from the environment in one place.
+
+Each field names its environment variable and default; README's "Settings" table lists them.
+Tests build ``Settings.from_env(overrides)`` instead of touching ``os.environ``.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from model import BUNDLED_MODEL_DIR
+
+
+def _setting(env: str, default, doc: str):
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings; see README for the trade-off behind each default."""
+
+    redis_url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", "Broker, job records and worker heartbeats.")
+    cache_redis_url: str = _setting(
+        "CACHE_REDIS_URL", "", "Prediction cache; empty means REDIS_URL. Give the cache its own evicting Redis in production."
+    )
+    queue_name: str = _setting("QUEUE_NAME", "sentiment", "Celery queue (a Redis list) that carries jobs.")
+    model: str = _setting("MODEL", str(BUNDLED_MODEL_DIR), "Model folder or hub id; the default is the bundled SST-2 model.")
+    model_backend: str = _setting("MODEL_BACKEND", "torch", "torch, or onnx for an exported ONNX Runtime model.")
+    device: str = _setting("DEVICE", "auto", "auto, cpu or cuda.")
+    torch_threads: int = _setting("TORCH_THREADS", 0, "Intra-op threads per worker; 0 means the CPUs the process may use.")
+    batch_max_texts: int = _setting("BATCH_MAX_TEXTS", 64, "Most texts in one forward pass.")
+    batch_max_tokens: int = _setting("BATCH_MAX_TOKENS", 8192, "Most padded tokens (texts x longest) in one forward pass.")
+    batch_max_wait_ms: float = _setting(
+        "BATCH_MAX_WAIT_MS", 5.0, "How long the batcher waits for more texts after the first; adds latency, gains batch size."
+    )
+    worker_concurrency: int = _setting("WORKER_CONCURRENCY", 64, "Jobs one worker process holds at once (Celery threads).")
+    worker_metrics_port: int = _setting("WORKER_METRICS_PORT", 9101, "Worker's Prometheus /metrics port; 0 turns it off.")
+    worker_metrics_host: str = _setting(
+        "WORKER_METRICS_HOST", "127.0.0.1", "Address the worker's /metrics binds; 0.0.0.0 in containers."
+    )
+    cache_ttl_s: int = _setting("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached prediction.")
+    job_ttl_s: int = _setting("JOB_TTL_S", 3600, "Lifetime of a job record, so clients can poll this long.")
+    sync_wait_s: float = _setting("SYNC_WAIT_S", 5.0, "Longest a POST waits for its job before answering 202.")
+    job_deadline_s: float = _setting("JOB_DEADLINE_S", 30.0, "Texts not started within this long (queue time included) expire.")
+    visibility_timeout_s: int = _setting(
+        "VISIBILITY_TIMEOUT_S", 120, "Unacked jobs are redelivered after this long; must exceed the longest job."
+    )
+    max_texts: int = _setting("MAX_TEXTS", 128, "Most texts in one request.")
+    max_text_chars: int = _setting("MAX_TEXT_CHARS", 2000, "Longest text, in characters.")
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", 1024 * 1024, "Largest request body.")
+    max_queued_texts: int = _setting("MAX_QUEUED_TEXTS", 10000, "Texts waiting in the queue beyond which POST answers 429.")
+    rate_limit: str = _setting("RATE_LIMIT", "", "Per-client limit such as '600/minute'; empty turns it off.")
+    api_key_hashes: str = _setting("API_KEY_HASHES", "", "Comma-separated SHA-256 hex digests of accepted X-API-Key values.")
+    trust_proxy_hops: int = _setting("TRUST_PROXY_HOPS", 0, "Proxies in front whose X-Forwarded-For is trusted.")
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """Build settings from environment variables, then apply ``overrides`` (by field name)."""
+        values = {}
+        for item in fields(cls):
+            raw = environ.get(item.metadata["env"])
+            if raw is not None:
+                values[item.name] = type(item.default)(raw)
+        values.update(overrides or {})
+        return cls(**values)
+
+    @property
+    def cache_url(self) -> str:
+        """Redis URL of the prediction cache."""
+        return self.cache_redis_url or self.redis_url
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        """Whether requests must carry a valid X-API-Key."""
+        return bool(self.api_key_hashes.strip())
+
+
+def documented_settings() -> list[tuple[str, object, str]]:
+    """(variable, default, description) for every setting, for README and tests."""
+    return [(item.metadata["env"], item.default, item.metadata["doc"]) for item in fields(Settings)]

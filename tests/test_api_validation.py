@@ -1,0 +1,128 @@
+"""Every bad input gets a 4xx JSON error in one shape; never a 500, never a stack trace."""
+
+import json
+
+import pytest
+
+ERROR_KEYS = {"error", "message", "details"}
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == ERROR_KEYS
+    assert "Traceback" not in response.get_data(as_text=True)
+    if code:
+        assert body["error"] == code
+    return body
+
+
+def post_raw(client, data, content_type="application/json"):
+    return client.post("/predict", data=data, content_type=content_type)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "text"),
+        ({"text": "I love you."}, "text"),
+        ({"text": {"a": "b"}}, "text"),
+        ({"text": None}, "text"),
+        ({"text": [["nested"]]}, "text"),
+        ({"text": [1]}, "text"),
+        ({"text": [1.5]}, "text"),
+        ({"text": [True]}, "text"),
+        ({"text": [None]}, "text"),
+        ({"text": ["ok"], "extra": 1}, "extra"),
+        (["I love you."], "_schema"),
+        ("I love you.", "_schema"),
+        (None, "_schema"),
+        (42, "_schema"),
+    ],
+)
+def test_schema_violations_are_422_with_field_details(client, body, field):
+    body = assert_error(post_raw(client, json.dumps(body)), 422, "validation_error")
+    assert field in body["details"]
+
+
+def test_too_many_texts_is_422(client, settings):
+    body = assert_error(client.post("/predict", json={"text": ["a"] * (settings.max_texts + 1)}), 422, "validation_error")
+    assert "text" in body["details"]
+
+
+def test_text_over_the_character_limit_is_422(client, settings):
+    assert_error(client.post("/predict", json={"text": ["a" * (settings.max_text_chars + 1)]}), 422, "validation_error")
+
+
+def test_hostile_texts_are_refused(client):
+    for text in ["x" * 100_000, "\U0001f600" * 10_000, "null\x00byte", "bidi \u202e override", "rtl \u200f mark"]:
+        assert_error(client.post("/predict", json={"text": [text]}), 422, "validation_error")
+
+
+def test_lone_surrogate_escape_is_refused(client):
+    assert_error(post_raw(client, b'{"text": ["\\ud800"]}'), 422, "validation_error")
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b'{"text": [', b"\xff\xfe{}", b'{"text": ["caf\xe9"]}'])
+def test_undecodable_bodies_are_400(client, data):
+    assert_error(post_raw(client, data), 400, "invalid_body")
+
+
+def test_deeply_nested_json_is_400(client):
+    assert_error(post_raw(client, b"[" * 10_000 + b"]" * 10_000), 400, "invalid_body")
+    assert_error(post_raw(client, b'{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"), 400, "invalid_body")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", ""])
+def test_wrong_content_type_is_415(client, content_type):
+    assert_error(post_raw(client, b'{"text": ["hi"]}', content_type), 415, "unsupported_media_type")
+
+
+def test_body_over_the_size_limit_is_413(client, settings):
+    assert_error(post_raw(client, b'{"text": ["' + b"a" * settings.max_body_bytes + b'"]}'), 413, "payload_too_large")
+    assert_error(post_raw(client, b"x" * (10 * 1024 * 1024)), 413, "payload_too_large")
+
+
+def test_wrong_method_is_405(client):
+    for response in (client.get("/predict"), client.put("/predict", json={"text": []}), client.delete("/jobs/x")):
+        assert_error(response, 405, "method_not_allowed")
+
+
+def test_unknown_route_is_404(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+
+
+@pytest.mark.parametrize("query", ["wait=-1", "wait=abc", "wait=nan", "wait=100000", "deadline=0", "deadline=1e9"])
+def test_bad_query_parameters_are_422(client, query):
+    assert_error(client.post(f"/predict?{query}", json={"text": ["hi"]}), 422, "validation_error")
+
+
+@pytest.mark.parametrize("job_id", ["nope", "00000000-0000-0000-0000-000000000000", "6f1c7a52-2a8f-4f0e-9d4b-3d2f0a1b2c3d"])
+def test_unknown_job_is_404(client, redis_client, job_id):
+    assert_error(client.get(f"/jobs/{job_id}"), 404, "not_found")
+
+
+def test_empty_text_list_answers_empty_predictions(client):
+    response = client.post("/predict", json={"text": []})
+    assert response.status_code == 200
+    assert response.get_json() == {"predictions": []}
+
+
+def test_openapi_documents_every_endpoint_and_error_shape(client):
+    spec = client.get("/openapi.json").get_json()
+    assert {"/predict", "/jobs/{job_id}", "/health", "/ready"} <= set(spec["paths"])
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"200", "202", "400", "413", "415", "422", "429", "503"} <= set(predict["responses"])
+    assert {parameter["name"] for parameter in predict["parameters"]} == {"wait", "deadline"}
+    assert set(spec["components"]["schemas"]["Error"]["required"]) == ERROR_KEYS
+
+
+def test_docs_are_served_without_a_cdn(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/docs/assets/swagger-ui-bundle.js" in html
+    assert "//cdn" not in html and "https://" not in html
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200

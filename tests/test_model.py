@@ -1,0 +1,160 @@
+"""The model layer: the bundled model's quality, batch-independent scores, and other architectures."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
+
+from model import BUNDLED_MODEL_DIR
+from model.inference import ModelLoadError, SentimentModel, length_sorted_batches, postprocess
+from model.labels import ID2LABEL, LABEL2ID
+from model.sst2 import read_split
+from model.train import packaged_minilm_dir
+from tests.support import REPO
+
+SST2_DIR = Path(os.environ.get("SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
+# Texts of very different lengths, so batches differ in padding as well as in company.
+BATCH_MATES = ["ok", "I love you.", "a long , winding and ultimately rewarding film about grief , memory and family " * 3]
+
+
+@pytest.fixture(scope="module")
+def bundled() -> SentimentModel:
+    return SentimentModel.load(BUNDLED_MODEL_DIR, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory) -> Path:
+    """A tiny randomly initialised DistilBERT with the SST-2 label set, made on the fly."""
+    folder = tmp_path_factory.mktemp("tiny-distilbert")
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=30522,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+    )
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    # all-MiniLM-L6-v2 uses the same uncased WordPiece vocabulary as DistilBERT.
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(folder)
+    return folder
+
+
+def dev_slice(count: int = 200):
+    if not (SST2_DIR / "dev.tsv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"SST-2 data not found at {SST2_DIR}")
+        pytest.skip(f"SST-2 data not found at {SST2_DIR}; set SST2_DIR")
+    return read_split(SST2_DIR, "dev")[:count]
+
+
+def assert_batch_independent(model: SentimentModel, probe: str) -> None:
+    alone = model.predict([probe])[0]
+    for mates in ([BATCH_MATES[0]], BATCH_MATES, BATCH_MATES * 5):
+        in_company = model.predict([*mates, probe, *mates], sort_by_length=False)[len(mates)]
+        for a, b in zip(alone, in_company):
+            assert a["label"] == b["label"]
+            assert abs(a["score"] - b["score"]) <= 1e-5
+
+
+def test_bundled_model_scores_the_reference_sentences(bundled):
+    hate, love = bundled.predict(["I hate you.", "I love you."])
+    assert hate[0]["label"] == "NEGATIVE" and hate[0]["score"] >= 0.85
+    assert love[0]["label"] == "POSITIVE" and love[0]["score"] >= 0.85
+
+
+def test_bundled_model_accuracy_on_a_fixed_dev_slice(bundled):
+    examples = dev_slice()
+    predictions = bundled.predict([example.sentence for example in examples])
+    correct = sum(p[0]["label"] == ID2LABEL[e.label] for p, e in zip(predictions, examples))
+    assert correct / len(examples) >= 0.88
+
+
+def test_bundled_model_files_are_world_readable():
+    for path in BUNDLED_MODEL_DIR.iterdir():
+        assert path.stat().st_mode & 0o004, f"{path} is not readable by a non-root container user"
+
+
+def test_bundled_model_runs_in_float32_though_stored_in_float16(bundled):
+    assert {parameter.dtype for parameter in bundled.model.parameters()} == {torch.float32}
+
+
+def test_scores_do_not_depend_on_batch_mates(bundled):
+    assert_batch_independent(bundled, "the plot is thin , but the acting is superb .")
+
+
+def test_predictions_list_both_labels_highest_first_in_input_order(bundled):
+    texts = ["I love you.", "I hate you.", "a dull , lifeless film"]
+    predictions = bundled.predict(texts)
+    assert [p[0]["label"] for p in predictions] == ["POSITIVE", "NEGATIVE", "NEGATIVE"]
+    for prediction in predictions:
+        assert {item["label"] for item in prediction} == {"NEGATIVE", "POSITIVE"}
+        assert prediction[0]["score"] >= prediction[1]["score"]
+        assert abs(sum(item["score"] for item in prediction) - 1) < 1e-6
+
+
+def test_distilbert_code_path_runs_scores_and_truncates(tiny_distilbert):
+    model = SentimentModel.load(tiny_distilbert, device="cpu")
+    assert model.max_length == 64
+    long_text = "word " * 500
+    assert max(len(ids) for ids in model.encode([long_text])) == 64
+    predictions = model.predict(["I love you.", long_text, ""])
+    assert len(predictions) == 3
+    assert all({item["label"] for item in p} == {"NEGATIVE", "POSITIVE"} for p in predictions)
+    assert_batch_independent(model, "I hate you.")
+
+
+def test_model_without_the_sentiment_labels_is_refused(tmp_path):
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2
+    )
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="NEGATIVE"):
+        SentimentModel.load(tmp_path, device="cpu")
+
+
+def test_missing_model_is_a_clear_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        SentimentModel.load(tmp_path / "absent", device="cpu")
+
+
+def test_worker_exits_with_a_clear_message_when_the_model_cannot_load(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "worker"],
+        cwd=REPO,
+        env={**os.environ, "MODEL": str(tmp_path / "absent"), "REDIS_URL": "redis://127.0.0.1:1/0", "WORKER_METRICS_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot start worker: model" in result.stderr
+
+
+def test_length_sorted_batches_respect_both_bounds():
+    lengths = [5, 50, 3, 40, 7, 45, 2, 60]
+    batches = length_sorted_batches(lengths, max_texts=3, max_tokens=100)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
+
+
+def test_postprocess_orders_labels_by_score():
+    assert postprocess([[0.2, 0.8]], ["NEGATIVE", "POSITIVE"]) == [
+        [{"label": "POSITIVE", "score": 0.8}, {"label": "NEGATIVE", "score": 0.2}]
+    ]

@@ -1,0 +1,120 @@
+"""The contract end to end: gunicorn, a real Redis and a real Celery worker process."""
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from common.store import PREFIX, Store
+from tests.support import wait_until
+
+
+@pytest.fixture
+def store(redis_client, settings) -> Store:
+    return Store(redis_client, redis_client, settings.job_ttl_s, settings.cache_ttl_s)
+
+
+def job_keys(redis_client) -> set[str]:
+    return {key for key in redis_client.scan_iter(f"{PREFIX}job:*") if not key.endswith(":done")}
+
+
+def texts_computed(store) -> int:
+    return sum(batch["texts"] for batch in store.recent_batches())
+
+
+def post(web_url, texts, query="", timeout=60):
+    return requests.post(f"{web_url}/predict{query}", json={"text": texts}, timeout=timeout)
+
+
+def assert_prediction_shape(prediction):
+    assert [item["label"] for item in prediction] in (["NEGATIVE", "POSITIVE"], ["POSITIVE", "NEGATIVE"])
+    scores = [item["score"] for item in prediction]
+    assert scores[0] >= scores[1]
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert math.isclose(sum(scores), 1.0, abs_tol=1e-5)
+
+
+def test_predict_answers_the_original_contract(web_url, unique):
+    texts = [unique("I hate you."), unique("I love you."), unique("It was fine.")]
+    response = post(web_url, texts)
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert set(response.json()) == {"predictions"}
+    assert len(predictions) == len(texts)
+    for prediction in predictions:
+        assert_prediction_shape(prediction)
+
+
+def test_known_sentences_are_scored_right(web_url, model_is_bundled):
+    predictions = post(web_url, ["I hate you.", "I love you."]).json()["predictions"]
+    assert predictions[0][0]["label"] == "NEGATIVE" and predictions[0][0]["score"] >= 0.85
+    assert predictions[1][0]["label"] == "POSITIVE" and predictions[1][0]["score"] >= 0.85
+
+
+def test_full_cache_hit_enqueues_nothing(web_url, redis_client, store, unique):
+    texts = [unique("a warm film"), unique("a cold film")]
+    first = post(web_url, texts)
+    assert first.status_code == 200
+    jobs_before, computed_before = job_keys(redis_client), texts_computed(store)
+    second = post(web_url, texts)
+    assert second.status_code == 200
+    assert second.json() == first.json()
+    assert job_keys(redis_client) == jobs_before
+    assert texts_computed(store) == computed_before
+
+
+def test_partial_hit_computes_only_the_missing_texts(web_url, store, unique):
+    cached = unique("cached sentence")
+    post(web_url, [cached])
+    computed_before = texts_computed(store)
+    response = post(web_url, [cached, unique("new sentence")])
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 2
+    assert texts_computed(store) - computed_before == 1
+
+
+def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, store, unique):
+    x, y = unique("same words"), unique("other words")
+    computed_before = texts_computed(store)
+    predictions = post(web_url, [x, y, x, x]).json()["predictions"]
+    assert len(predictions) == 4
+    assert predictions[0] == predictions[2] == predictions[3]
+    assert texts_computed(store) - computed_before == 2
+
+
+def test_wait_zero_answers_202_then_the_job_can_be_polled(web_url, unique):
+    texts = [unique("polled one"), unique("polled two")]
+    response = post(web_url, texts, "?wait=0")
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == {"job_id", "status", "status_url"}
+    assert body["status_url"] == f"/jobs/{body['job_id']}" == response.headers["Location"]
+    assert body["status"] in ("queued", "running")
+
+    def finished():
+        job = requests.get(f"{web_url}{body['status_url']}", timeout=10).json()
+        return job if job["status"] == "done" else None
+
+    job = wait_until(finished, 60, "the job to finish")
+    assert set(job) == {"job_id", "status", "predictions"}
+    assert job["predictions"] == post(web_url, texts).json()["predictions"]
+
+
+def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, store, unique):
+    texts = [unique(f"concurrent sentence number {i}") for i in range(32)]
+    batches_before = len(store.recent_batches())
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda text: post(web_url, [text]), texts))
+    assert all(response.status_code == 200 for response in responses)
+    batches = store.recent_batches()[batches_before:]
+    assert sum(batch["texts"] for batch in batches) == 32
+    assert len(batches) <= 16, f"32 single-text requests took {len(batches)} forward passes"
+    assert max(batch["jobs"] for batch in batches) > 1
+
+
+def test_health_and_ready(web_url):
+    assert requests.get(f"{web_url}/health", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(f"{web_url}/ready", timeout=5)
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready" and ready.json()["workers"] >= 1

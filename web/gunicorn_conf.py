@@ -1,0 +1,38 @@
+"""gunicorn settings for the web side: ``gunicorn -c web/gunicorn_conf.py 'web:create_app()'``.
+
+Worker class: gthread. A request for uncached texts blocks in BLPOP for up to SYNC_WAIT_S while
+its job runs; threads let each process hold many such waits at once without gevent's
+monkey-patching of redis, kombu and prometheus_client. The work per request is small
+(JSON, one Redis round trip), so one process per CPU and many threads per process fit.
+"""
+
+import os
+import shutil
+import tempfile
+
+from prometheus_client import multiprocess
+
+bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_PROCESSES", len(os.sched_getaffinity(0))))
+threads = int(os.environ.get("WEB_THREADS", 32))
+# Keep-alive connections from a load balancer or client pool, and idle threads, are cheap.
+keepalive = 30
+timeout = 60
+graceful_timeout = 30
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+
+# Every process writes its metrics here and /metrics merges them (prometheus_client multiprocess mode).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sentiment-web-metrics-"))
+
+
+def on_starting(server):
+    """Start from an empty metrics folder so a restart does not replay old counts."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)

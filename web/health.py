@@ -1,0 +1,42 @@
+"""GET /health (the process is up) and GET /ready (Redis answers and a worker is consuming)."""
+
+from flask import current_app
+
+from web.errors import UNAVAILABLE_ERRORS, error_response
+from web.parsing import ApiBlueprint
+from web.predict import json_response
+from web.schemas import ErrorSchema, HealthSchema, ReadySchema
+
+RETRY_AFTER = {"Retry-After": "5"}
+
+blp = ApiBlueprint("health", __name__, description="Probes for load balancers and Kubernetes.")
+
+
+@blp.route("/health", methods=["GET"])
+@blp.alt_response(200, schema=HealthSchema, description="The process is up.", success=True)
+def health():
+    """Liveness: answers while the process runs, whatever Redis does."""
+    return json_response({"status": "ok"})
+
+
+@blp.route("/ready", methods=["GET"])
+@blp.alt_response(200, schema=ReadySchema, description="Ready to serve.", success=True)
+@blp.alt_response(503, schema=ErrorSchema, description="Redis unreachable, or no live worker.")
+def ready():
+    """Readiness: Redis answers and at least one worker is consuming; reports overload in ``status``.
+
+    A full queue is shared by every web pod, so answering 503 for it would take them all out of
+    the Service at once and turn clean 429s into connection errors; it is reported, not failed.
+    """
+    services = current_app.extensions["sentiment"]
+    try:
+        services.store.main.ping()
+        workers = services.store.live_workers()
+        queued = services.store.queued_texts()
+    except UNAVAILABLE_ERRORS:
+        return error_response(503, "redis_unavailable", "Redis does not answer", headers=RETRY_AFTER)
+    context = {"workers": workers, "queued_texts": queued}
+    if workers == 0:
+        return error_response(503, "no_workers", "no worker has sent a heartbeat recently", context, RETRY_AFTER)
+    status = "overloaded" if queued >= services.settings.max_queued_texts else "ready"
+    return json_response({"status": status, **context})

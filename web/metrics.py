@@ -1,0 +1,102 @@
+"""Prometheus metrics of the web side, aggregated over gunicorn's processes.
+
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn_conf.py sets it), every process writes its
+samples to files there and /metrics merges them; without it (tests, flask run) the process's
+own registry is served.
+"""
+
+import os
+import time
+
+from flask import Flask, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+REQUESTS = Counter(
+    "sentiment_http_requests_total", "HTTP requests, by endpoint, method and status.", ["endpoint", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "sentiment_http_request_seconds",
+    "Request latency, by endpoint.",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CACHE_LOOKUPS = Counter("sentiment_cache_lookups_total", "Texts looked up in the cache, by result (hit, miss).", ["result"])
+ANSWERS = Counter("sentiment_predict_answers_total", "POST /predict answers, by kind (cached, sync, async, failed).", ["kind"])
+JOB_WAIT_SECONDS = Histogram(
+    "sentiment_job_wait_seconds",
+    "Seconds a request waited on its job before answering.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class QueueCollector:
+    """Reads queue depth and live workers from Redis at scrape time."""
+
+    def __init__(self, services):
+        self.services = services
+
+    def collect(self):
+        store, queue_name = self.services.store, self.services.settings.queue_name
+        try:
+            values = (store.queue_length(queue_name), store.queued_texts(), store.live_workers(), 1)
+        except Exception:  # a scrape must not fail because Redis is away; redis_up says so
+            values = (float("nan"), float("nan"), float("nan"), 0)
+        for (name, doc), value in zip(
+            (
+                ("sentiment_queue_jobs", "Jobs waiting in the Celery queue (Redis list length)."),
+                ("sentiment_queue_texts", "Texts waiting for a batch (backpressure counter)."),
+                ("sentiment_workers_live", "Workers with a recent heartbeat."),
+                ("sentiment_redis_up", "1 when the web side reached Redis at scrape time."),
+            ),
+            values,
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+    def describe(self):
+        # Nothing at registration time: describing would mean calling Redis.
+        return []
+
+
+class ProcessRegistry:
+    """This process's own metrics, for runs without PROMETHEUS_MULTIPROC_DIR."""
+
+    def collect(self):
+        yield from REGISTRY.collect()
+
+    def describe(self):
+        return []
+
+
+def metrics_registry(services) -> CollectorRegistry:
+    """The registry /metrics serves: all processes' samples plus the queue gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(ProcessRegistry())
+    registry.register(QueueCollector(services))
+    return registry
+
+
+def instrument(app: Flask, services) -> None:
+    """Time and count every request, and serve /metrics."""
+    registry = metrics_registry(services)
+
+    @app.before_request
+    def start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        started = g.get("request_started")
+        if started is not None:
+            REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics")
+    def metrics():
+        return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}

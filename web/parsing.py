@@ -1,0 +1,40 @@
+"""Strict request parsing: JSON only, UTF-8 only, errors in the service's one shape."""
+
+import json
+
+from flask_smorest import Blueprint
+from webargs.flaskparser import FlaskParser
+
+from web.errors import InvalidBody, UnsupportedMediaType, ValidationFailed
+
+
+class StrictParser(FlaskParser):
+    """Refuses non-JSON content types and undecodable bodies, and raises ValidationFailed on schema errors."""
+
+    def _raw_load_json(self, req):
+        if req.mimetype != "application/json":
+            raise UnsupportedMediaType(f"Content-Type must be application/json, not {req.mimetype or 'missing'}")
+        raw = req.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+        if not raw:
+            raise InvalidBody("request body is empty")
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise InvalidBody(f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+        except RecursionError:
+            raise InvalidBody("request body is nested too deeply") from None
+        except ValueError as error:
+            raise InvalidBody(f"request body is not valid JSON: {error}") from None
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        # webargs keys messages by location ({"json": {...}}); clients care about the fields.
+        details = {}
+        for messages in error.normalized_messages().values():
+            details.update(messages if isinstance(messages, dict) else {"_schema": messages})
+        raise ValidationFailed("request is invalid", details=details)
+
+
+class ApiBlueprint(Blueprint):
+    """flask-smorest blueprint that parses with StrictParser."""
+
+    ARGUMENTS_PARSER = StrictParser()

@@ -1,0 +1,106 @@
+"""marshmallow schemas of every request and response; they also generate /openapi.json."""
+
+import re
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from model.labels import ID2LABEL
+
+# C0/C1 control characters (tab, newline and carriage return are fine), Unicode bidi controls
+# (which can make text display differently from what is scored) and lone surrogates.
+UNSAFE_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def reject_unsafe_characters(value: str) -> None:
+    """Refuse text carrying control, bidi-control or lone-surrogate characters."""
+    match = UNSAFE_CHARACTERS.search(value)
+    if match:
+        raise ValidationError(f"Text contains a disallowed character U+{ord(match.group()):04X} at position {match.start()}.")
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "Stable machine-readable error code."})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True, metadata={"description": "Per-field messages, or context such as a job id."})
+
+
+class LabelScoreSchema(Schema):
+    label = fields.String(required=True, validate=validate.OneOf(list(ID2LABEL.values())))
+    score = fields.Float(required=True, validate=validate.Range(0, 1))
+
+
+def prediction_field(description: str, **kwargs) -> fields.List:
+    """One list per input text: both labels, highest score first."""
+    return fields.List(
+        fields.List(fields.Nested(LabelScoreSchema), validate=validate.Length(equal=2)),
+        metadata={"description": description},
+        **kwargs,
+    )
+
+
+class PredictionsSchema(Schema):
+    predictions = prediction_field(
+        "One entry per input text, in input order; each lists both labels, highest score first.", required=True
+    )
+
+
+JOB_STATUSES = ["queued", "running", "done", "failed"]
+
+
+class JobAcceptedSchema(Schema):
+    job_id = fields.UUID(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    status_url = fields.String(required=True, metadata={"description": "Poll this path with GET."})
+
+
+class JobStatusSchema(Schema):
+    job_id = fields.UUID(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    predictions = prediction_field("Present when status is done: the request's full list, in input order.")
+    error = fields.String(metadata={"description": "Present when status is failed: expired or inference_error."})
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["ready", "overloaded"]),
+        metadata={"description": "overloaded when the queue holds MAX_QUEUED_TEXTS texts: POST /predict then answers 429."},
+    )
+    workers = fields.Integer(required=True)
+    queued_texts = fields.Integer(required=True)
+
+
+def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
+    """Request body and query schemas, bounded by this deployment's settings."""
+
+    class PredictRequestSchema(Schema):
+        text = fields.List(
+            fields.String(validate=[validate.Length(max=settings.max_text_chars), reject_unsafe_characters]),
+            required=True,
+            validate=validate.Length(max=settings.max_texts),
+            metadata={
+                "description": f"Texts to score: at most {settings.max_texts}, each at most {settings.max_text_chars} characters."
+            },
+        )
+
+    class PredictQuerySchema(Schema):
+        wait = fields.Float(
+            validate=validate.Range(0, settings.sync_wait_s),
+            metadata={
+                "description": f"Seconds to wait for uncached texts before answering 202"
+                f" (default and most {settings.sync_wait_s}); 0 answers at once."
+            },
+        )
+        deadline = fields.Float(
+            validate=validate.Range(0, settings.job_deadline_s, min_inclusive=False),
+            metadata={
+                "description": f"Seconds, queue time included, after which uncached texts are not computed"
+                f" (default and most {settings.job_deadline_s})."
+            },
+        )
+
+    return PredictRequestSchema, PredictQuerySchema

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one worker process, served on WORKER_METRICS_PORT.
+
+A worker is one process (Celery's threads pool), so the default registry is exact; Prometheus
+sums over worker targets.
+"""
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+BATCH_TEXTS = Histogram(
+    "sentiment_worker_batch_texts", "Texts per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256)
+)
+BATCH_TOKENS = Histogram(
+    "sentiment_worker_batch_tokens",
+    "Padded tokens per forward pass.",
+    buckets=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+)
+INFERENCE_SECONDS = Histogram(
+    "sentiment_worker_inference_seconds",
+    "Seconds per forward pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "sentiment_worker_queue_wait_seconds",
+    "Seconds from enqueue to batch start, per job.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+JOBS = Counter("sentiment_worker_jobs_total", "Jobs ended, by outcome (done, expired, failed).", ["outcome"])
+MODEL_LOAD_SECONDS = Gauge("sentiment_worker_model_load_seconds", "Seconds the model took to load.")
+
+
+def serve(host: str, port: int) -> None:
+    """Serve /metrics; a taken port is logged rather than fatal, since scoring matters more."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as error:
+        log.error("worker metrics not served on %s:%d: %s", host, port, error)

@@ -1,0 +1,147 @@
+"""One worker process's state: settings, model, store and batcher, built once at start-up."""
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+
+from common.store import DONE, FAILED, HEARTBEAT_INTERVAL_S, store_from_settings
+from worker import metrics
+from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
+
+log = logging.getLogger(__name__)
+
+# Redis may be restarting; a finished job's results are held and retried this long before giving up.
+STORE_RETRY_S = 60
+
+
+def load_model(settings):
+    """Load the configured model with the configured backend; raises ModelLoadError."""
+    threads = settings.torch_threads or len(os.sched_getaffinity(0))
+    if settings.model_backend == "onnx":
+        from model.onnx_backend import OnnxSentimentModel
+
+        return OnnxSentimentModel.load(settings.model, threads=threads, device=settings.device)
+    from model.inference import ModelLoadError, SentimentModel
+
+    if settings.model_backend != "torch":
+        raise ModelLoadError(f"unknown MODEL_BACKEND {settings.model_backend!r}; use torch or onnx")
+    return SentimentModel.load(settings.model, device=settings.device, threads=threads)
+
+
+def retry_redis(action, what: str):
+    """Run ``action`` until Redis answers or STORE_RETRY_S passes."""
+    give_up_at = time.monotonic() + STORE_RETRY_S
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > give_up_at:
+                raise
+            log.warning("Redis unavailable while %s; retrying in %.1fs", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+class WorkerRuntime:
+    """The model, store and batcher of this process, and the job logic the Celery task calls."""
+
+    def __init__(self, settings, model):
+        self.settings = settings
+        self.model = model
+        self.store = store_from_settings(settings)
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.batcher = Batcher(
+            model,
+            settings.batch_max_texts,
+            settings.batch_max_tokens,
+            settings.batch_max_wait_ms,
+            on_jobs_started=self._jobs_started,
+            on_batch=self._batch_done,
+        )
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    @classmethod
+    def start(cls, settings) -> "WorkerRuntime":
+        """Load the model (raising ModelLoadError on failure), then start batching."""
+        started = time.perf_counter()
+        model = load_model(settings)
+        seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.set(seconds)
+        log.info("loaded model %s on %s in %.1fs", model.identity, model.device, seconds)
+        runtime = cls(settings, model)
+        runtime.batcher.start()
+        metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+        return runtime
+
+    def announce(self) -> None:
+        """Start heartbeats: from now on /ready counts this worker as consuming."""
+        self._heartbeat.start()
+
+    def shutdown(self) -> None:
+        """Finish held batches, then leave the live-worker set."""
+        self.batcher.stop()
+        self._heartbeat_stop.set()
+        try:
+            self.store.remove_worker(self.name)
+        except redis.RedisError:
+            pass
+
+    def _beat(self) -> None:
+        while not self._heartbeat_stop.is_set():
+            try:
+                self.store.heartbeat(self.name, self.model.identity)
+            except redis.RedisError as error:
+                log.warning("heartbeat failed: %s", error)
+            self._heartbeat_stop.wait(HEARTBEAT_INTERVAL_S)
+
+    def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
+        for job in jobs:
+            metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - job.enqueued_at))
+            try:
+                self.store.release_queue(job.job_id)
+                self.store.mark_running(job.job_id)
+            except redis.RedisError as error:
+                # Bookkeeping only; the job still runs and its result is stored with retries.
+                log.warning("could not mark job %s running: %s", job.job_id, error)
+
+    def _batch_done(self, record: BatchRecord) -> None:
+        metrics.BATCH_TEXTS.observe(record.texts)
+        metrics.BATCH_TOKENS.observe(record.padded_tokens)
+        metrics.INFERENCE_SECONDS.observe(record.seconds)
+        try:
+            self.store.record_batches([record.__dict__ | {"at": time.time(), "worker": self.name}])
+        except redis.RedisError as error:
+            log.warning("could not record batch: %s", error)
+
+    def run_job(self, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
+        """Score a job's texts in shared batches, cache them and complete the job record."""
+        record = retry_redis(lambda: self.store.get_job(job_id), "reading a job")
+        if record is None or record["status"] in (DONE, FAILED):
+            # Expired record, or a redelivery of a job another worker already finished.
+            return "skipped"
+        if time.time() > deadline:
+            return self._expire(job_id)
+        try:
+            results = self.batcher.submit(job_id, texts, deadline, enqueued_at).result()
+        except DeadlineExpired:
+            return self._expire(job_id)
+        except Exception:
+            retry_redis(lambda: self.store.fail_job(job_id, "inference_error"), "failing a job")
+            metrics.JOBS.labels("failed").inc()
+            raise
+        retry_redis(lambda: self.store.cache_predictions(self.model.identity, results), "caching results")
+        retry_redis(lambda: self.store.finish_job(job_id, results), "completing a job")
+        metrics.JOBS.labels("done").inc()
+        return "done"
+
+    def _expire(self, job_id: str) -> str:
+        retry_redis(lambda: self.store.release_queue(job_id), "releasing a job")
+        retry_redis(lambda: self.store.fail_job(job_id, "expired"), "expiring a job")
+        metrics.JOBS.labels("expired").inc()
+        return "expired"
