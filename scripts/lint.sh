@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Lint code and deployment files; part of `make test`. Every tool must be present: a missing
+# one fails the run loudly rather than skipping its check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+BIN="$VENV/bin"
+
+step() { printf '\n== %s\n' "$*"; }
+need() { command -v "$1" >/dev/null || { echo "LINT FAILED: '$1' is not installed ($2)" >&2; exit 1; }; }
+
+step "ruff"
+"$BIN/ruff" check .
+"$BIN/ruff" format --check .
+
+step "hadolint"
+"$BIN/hadolint" Dockerfile.web Dockerfile.worker && echo "Dockerfile.web, Dockerfile.worker: ok"
+
+step "compose spec"
+"$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml scripts/docker-compose.smoke.yml
+
+step "promtool"
+need promtool "apt-get install prometheus"
+promtool check config deploy/prometheus/prometheus.yml
+
+step "kustomize + kubernetes-validate --strict"
+need kubectl "kubectl is expected on these machines; install it from your distribution or the Kubernetes release"
+rendered="$(mktemp -d)"
+trap 'rm -rf "$rendered"' EXIT
+for overlay in k8s/overlays/*/; do
+  name="$(basename "$overlay")"
+  kubectl kustomize "$overlay" > "$rendered/$name.yaml"
+  if ! report="$("$BIN/kubernetes-validate" --strict --quiet "$rendered/$name.yaml" 2>&1)"; then
+    echo "$report"
+    echo "LINT FAILED: $overlay"
+    exit 1
+  fi
+  # No schema exists for KEDA's ScaledObject; tests/test_deploy.py checks it against KEDA's fields.
+  grep -v "Couldn't find schema for kind ScaledObject" <<<"$report" || true
+  echo "$overlay: $(grep -c '^kind:' "$rendered/$name.yaml") resources valid"
+done
+echo
+echo "lint: all checks passed"
