@@ -93,7 +93,9 @@ def test_unknown_route_is_404(client):
     assert_error(client.get("/nope"), 404, "not_found")
 
 
-@pytest.mark.parametrize("query", ["wait=-1", "wait=abc", "wait=nan", "wait=100000", "deadline=0", "deadline=1e9"])
+@pytest.mark.parametrize(
+    "query", ["wait=-1", "wait=abc", "wait=nan", "wait=100000", "deadline=0", "deadline=0.5", "deadline=1e9"]
+)
 def test_bad_query_parameters_are_422(client, query):
     assert_error(client.post(f"/predict?{query}", json={"text": ["hi"]}), 422, "validation_error")
 

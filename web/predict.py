@@ -13,6 +13,8 @@ from web.parsing import ApiBlueprint
 from web.schemas import ErrorSchema, JobAcceptedSchema, JobStatusSchema, PredictionsSchema, predict_schemas
 
 LOCATION_HEADER = {"Location": {"description": "Path of the job to poll.", "schema": {"type": "string"}}}
+# Tells OpenAPI clients (and schemathesis' stateful phase) that a 202's job_id feeds GET /jobs/{job_id}.
+JOB_LINK = {"operationId": "get_jobs_job_id", "parameters": {"job_id": "$response.body#/job_id"}}
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
 
 
@@ -37,6 +39,7 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     error = {"schema": ErrorSchema}
 
     @blp.route("/predict", methods=["POST"])
+    @blp.doc(responses={"202": {"links": {"GetJob": JOB_LINK}}})
     @blp.arguments(query_schema, location="query", as_kwargs=True)
     @blp.arguments(request_schema, location="json")
     @blp.alt_response(200, schema=PredictionsSchema, description="Every text scored.", success=True)
@@ -81,6 +84,7 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
         return json_response({"job_id": job_id, "status": status, "status_url": status_url}, 202, {"Location": status_url})
 
     @blp.route("/jobs/<job_id>", methods=["GET"])
+    @blp.doc(operationId="get_jobs_job_id")
     @blp.alt_response(200, schema=JobStatusSchema, description="The job's status, and its predictions when done.", success=True)
     @blp.alt_response(404, description="Unknown or expired job.", **error)
     @blp.alt_response(503, headers=RETRY_AFTER_HEADER, description="Redis unavailable.", **error)

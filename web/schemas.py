@@ -8,7 +8,10 @@ from model.labels import ID2LABEL
 
 # C0/C1 control characters (tab, newline and carriage return are fine), Unicode bidi controls
 # (which can make text display differently from what is scored) and lone surrogates.
-UNSAFE_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+UNSAFE_RANGES = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+UNSAFE_CHARACTERS = re.compile(f"[{UNSAFE_RANGES}\ud800-\udfff]")
+# The same rule for OpenAPI clients (JSON Schema regexes cannot name lone surrogates).
+SAFE_TEXT_PATTERN = f"^[^{UNSAFE_RANGES}]*$"
 
 
 def reject_unsafe_characters(value: str) -> None:
@@ -43,6 +46,9 @@ class PredictionsSchema(Schema):
         "One entry per input text, in input order; each lists both labels, highest score first.", required=True
     )
 
+
+# Shorter deadlines are not meaningful for a queued service whose batches take up to hundreds of ms.
+MIN_DEADLINE_S = 1.0
 
 JOB_STATUSES = ["queued", "running", "done", "failed"]
 
@@ -79,7 +85,10 @@ def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
 
     class PredictRequestSchema(Schema):
         text = fields.List(
-            fields.String(validate=[validate.Length(max=settings.max_text_chars), reject_unsafe_characters]),
+            fields.String(
+                validate=[validate.Length(max=settings.max_text_chars), reject_unsafe_characters],
+                metadata={"pattern": SAFE_TEXT_PATTERN},
+            ),
             required=True,
             validate=validate.Length(max=settings.max_texts),
             metadata={
@@ -96,7 +105,7 @@ def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
             },
         )
         deadline = fields.Float(
-            validate=validate.Range(0, settings.job_deadline_s, min_inclusive=False),
+            validate=validate.Range(MIN_DEADLINE_S, settings.job_deadline_s),
             metadata={
                 "description": f"Seconds, queue time included, after which uncached texts are not computed"
                 f" (default and most {settings.job_deadline_s})."

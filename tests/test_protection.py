@@ -1,0 +1,137 @@
+"""Backpressure, deadlines, rate limits, API keys and fuzzing of the documented API."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from common.settings import Settings
+from common.store import Store
+from tests.support import RedisServer, wait_until
+from web.security import hash_api_key
+from worker.batcher import Batcher, DeadlineExpired
+
+
+@pytest.fixture
+def private_redis():
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+def make_client(service_env, **overrides):
+    from web import create_app
+
+    return create_app(Settings.from_env(overrides, environ=service_env)).test_client()
+
+
+def test_full_queue_answers_429_with_retry_after_and_ready_reports_overload(service_env, private_redis):
+    client = make_client({**service_env, "REDIS_URL": private_redis.url}, max_queued_texts=3, queue_name="nobody-consumes")
+    assert client.post("/predict?wait=0", json={"text": ["one", "two"]}).status_code == 202
+    assert client.post("/predict?wait=0", json={"text": ["three"]}).status_code == 202
+    refused = client.post("/predict?wait=0", json={"text": ["four"]})
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"] == "overloaded"
+    # Answering from cache needs no queue room; nothing new was queued by the refusal.
+    store = Store(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    assert store.queued_texts() == 3
+    store.heartbeat("fake-worker", "model@x")
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "overloaded"
+
+
+def test_ready_is_503_without_a_live_worker(service_env, private_redis):
+    client = make_client({**service_env, "REDIS_URL": private_redis.url})
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "no_workers"
+
+
+class RecordingModel:
+    """Stands in for the model to observe what the batcher computes."""
+
+    def __init__(self):
+        self.computed = 0
+
+    def encode(self, texts):
+        return [[1] * (len(text) + 2) for text in texts]
+
+    def predict_encoded(self, token_ids):
+        self.computed += len(token_ids)
+        return [[{"label": "POSITIVE", "score": 1.0}, {"label": "NEGATIVE", "score": 0.0}] for _ in token_ids]
+
+
+def test_batcher_drops_expired_jobs_without_computing_them():
+    model = RecordingModel()
+    batcher = Batcher(model, max_texts=8, max_tokens=1000, max_wait_ms=50)
+    batcher.start()
+    try:
+        expired = batcher.submit("old", ["stale text"], deadline=time.time() - 1, enqueued_at=time.time() - 2)
+        live = batcher.submit("new", ["fresh text"], deadline=time.time() + 30, enqueued_at=time.time())
+        with pytest.raises(DeadlineExpired):
+            expired.result(5)
+        assert set(live.result(5)) == {"fresh text"}
+        assert model.computed == 1
+    finally:
+        batcher.stop()
+
+
+def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
+    from tests.support import start_worker
+
+    env = {**service_env, "REDIS_URL": private_redis.url}
+    client = make_client(env)
+    accepted = client.post("/predict?wait=0&deadline=1", json={"text": ["nobody computes this in time"]})
+    assert accepted.status_code == 202
+    job_url = accepted.get_json()["status_url"]
+    time.sleep(1.2)
+    worker = start_worker(env, redis.Redis.from_url(private_redis.url, decode_responses=True))
+    try:
+        job = wait_until(lambda: (j := client.get(job_url).get_json())["status"] == "failed" and j, 60, "the job to expire")
+        assert job == {"job_id": accepted.get_json()["job_id"], "status": "failed", "error": "expired"}
+        store = Store(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+        assert store.recent_batches() == [] and store.queued_texts() == 0
+    finally:
+        worker.stop()
+
+
+def test_rate_limit_answers_429_with_retry_after(service_env, private_redis):
+    client = make_client({**service_env, "REDIS_URL": private_redis.url}, rate_limit="3/minute")
+    answers = [client.post("/predict", json={"text": []}) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert answers[-1].get_json()["error"] == "rate_limited"
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+    assert client.get("/health").status_code == 200
+
+
+def test_rate_limits_are_off_by_default(client):
+    assert all(client.post("/predict", json={"text": []}).status_code == 200 for _ in range(30))
+
+
+def test_api_keys_when_on(service_env):
+    client = make_client(service_env, api_key_hashes=f"{hash_api_key('other')},{hash_api_key('s3cret')}")
+    missing = client.post("/predict", json={"text": []})
+    assert missing.status_code == 401 and missing.get_json()["error"] == "unauthorized"
+    assert client.post("/predict", json={"text": []}, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/predict", json={"text": []}, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert client.get("/jobs/x").status_code == 401
+    assert client.get("/health").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(web_url, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{web_url}/openapi.json", "--checks", "all",
+         "--max-examples", "50", "--generation-deterministic", "--request-timeout", "60",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    summary = result.stdout[result.stdout.rfind("SUMMARY") :]
+    print(summary)
+    assert result.returncode == 0, result.stdout[-6000:]
