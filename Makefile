@@ -55,6 +55,15 @@ evaluate: install-dev
 model-bench: install-dev
 	$(VENV)/bin/python -m model.benchmark --data $(SST2_DIR)
 
+# End-to-end benchmark against the ceiling and the naive design; writes results/ (not committed).
+BENCH_ARGS ?=
+bench: install-dev redis-server
+	$(VENV)/bin/python -m bench.run --data $(SST2_DIR) $(BENCH_ARGS)
+
+MINUTES ?= 5
+soak: install-dev redis-server
+	$(VENV)/bin/python -m bench.soak --minutes $(MINUTES)
+
 export-onnx: install-dev
 	$(VENV)/bin/python -m model.export_onnx --output build/onnx-sst2-minilm-l6
 

@@ -25,7 +25,7 @@ def service_env(redis_server) -> dict[str, str]:
         "REDIS_URL": redis_server.url,
         "QUEUE_NAME": "sentiment-test",
         "VISIBILITY_TIMEOUT_S": "10",
-        "WORKER_METRICS_PORT": "0",
+        "WORKER_METRICS_PORT": str(free_port()),
         "TORCH_THREADS": "2",
         "SYNC_WAIT_S": "20",
         "JOB_DEADLINE_S": "60",

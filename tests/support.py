@@ -123,12 +123,12 @@ class Service:
         self._log.close()
 
 
-def start_worker(env: dict[str, str], redis_client: redis.Redis, name: str = "worker") -> Service:
+def start_worker(env: dict[str, str], redis_client: redis.Redis, name: str = "worker", prefix: list[str] = ()) -> Service:
     """Start ``python -m worker`` and wait until its heartbeat says it is consuming."""
     from common.store import WORKERS_KEY
 
     before = set(redis_client.zrange(WORKERS_KEY, 0, -1))
-    worker = Service(name, [sys.executable, "-m", "worker"], env)
+    worker = Service(name, [*prefix, sys.executable, "-m", "worker"], env)
 
     def announced():
         if not worker.alive():
@@ -139,13 +139,20 @@ def start_worker(env: dict[str, str], redis_client: redis.Redis, name: str = "wo
     return worker
 
 
-def start_web(env: dict[str, str], port: int, processes: int = 2) -> Service:
-    """Start gunicorn with the project's config on ``port`` and wait for /health."""
+def start_web(
+    env: dict[str, str],
+    port: int,
+    processes: int = 2,
+    prefix: list[str] = (),
+    app: str = "web:create_app()",
+    config: str = "web/gunicorn_conf.py",
+) -> Service:
+    """Start gunicorn (by default the service's app and config) on ``port`` and wait for /health."""
     import requests
 
     web = Service(
         "web",
-        [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"],
+        [*prefix, sys.executable, "-m", "gunicorn", "-c", config, app],
         {**env, "PORT": str(port), "WEB_PROCESSES": str(processes)},
     )
 
@@ -154,7 +161,7 @@ def start_web(env: dict[str, str], port: int, processes: int = 2) -> Service:
             raise AssertionError(f"gunicorn exited:\n{web.log()[-3000:]}")
         try:
             return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused while binding, or a read timeout while the app loads
             return False
 
     wait_until(healthy, 60, "gunicorn to answer /health", interval_s=0.2)

@@ -29,6 +29,7 @@ def stack(service_env):
         "VISIBILITY_TIMEOUT_S": "4",
         "BATCH_MAX_WAIT_MS": "300",
         "SYNC_WAIT_S": "5",
+        "WORKER_METRICS_PORT": "0",
     }
     client = redis.Redis.from_url(server.url, decode_responses=True)
     processes = []

@@ -83,7 +83,7 @@ def test_batcher_drops_expired_jobs_without_computing_them():
 def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
     from tests.support import start_worker
 
-    env = {**service_env, "REDIS_URL": private_redis.url}
+    env = {**service_env, "REDIS_URL": private_redis.url, "WORKER_METRICS_PORT": "0"}
     client = make_client(env)
     accepted = client.post("/predict?wait=0&deadline=1", json={"text": ["nobody computes this in time"]})
     assert accepted.status_code == 202

@@ -10,7 +10,13 @@ import os
 import shutil
 import tempfile
 
-from prometheus_client import multiprocess
+# Every process writes its metrics here and /metrics merges them (prometheus_client multiprocess
+# mode). prometheus_client reads the variable when first imported, so set it before any import.
+OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sentiment-web-metrics-")
+
+from prometheus_client import multiprocess  # noqa: E402
 
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
@@ -25,9 +31,6 @@ accesslog = os.environ.get("ACCESS_LOG") or None
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 errorlog = "-"
 
-# Every process writes its metrics here and /metrics merges them (prometheus_client multiprocess mode).
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sentiment-web-metrics-"))
-
 
 def on_starting(server):
     """Start from an empty metrics folder so a restart does not replay old counts."""
@@ -38,3 +41,8 @@ def on_starting(server):
 
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,266 @@
+"""End-to-end benchmark: the service against the in-process ceiling and the naive design, in one run.
+
+    python -m bench.run --data ../shared/data/sst2 [--duration 10s] [--out results]
+
+It starts a private Redis, one worker and gunicorn on loopback; runs k6 (loadtest/*.js) at each
+concurrency with 1 and then 8 texts per request, uncached and cached; measures /health as the
+trivial-endpoint yardstick; then runs the naive design (bench/naive_server.py) with the same k6
+scripts and texts, and the ceiling (the model in-process on the same texts, length-sorted
+batches of 64). Results: <out>/results.md, results.json, throughput.png, p99.png.
+
+On 2 cores the load generator competes with the service. --client-cpus pins k6 (taskset) and
+GOMAXPROCS caps its threads; --service-cpus pins the service's processes.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from model import BUNDLED_MODEL_DIR
+from model.sst2 import read_split
+from tests.support import REPO, RedisServer, free_port, start_web, start_worker
+
+K6 = shutil.which("k6") or str(Path(os.sys.executable).parent / "k6")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Samples of a /metrics page keyed by (name, labels)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples, name: str, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= set(sample_labels))
+
+
+def run_k6(script: str, base_url: str, env: dict, summary: Path, client_prefix: list[str]) -> dict:
+    """Run one k6 scenario and return its exported summary."""
+    args = [*client_prefix, K6, "run", "--quiet", "--summary-export", str(summary)]
+    for key, value in {"BASE_URL": base_url, **env}.items():
+        args += ["-e", f"{key}={value}"]
+    subprocess.run(
+        [*args, str(REPO / "loadtest" / script)], check=False, capture_output=True, env={**os.environ, "GOMAXPROCS": "1"}
+    )
+    return json.loads(summary.read_text())
+
+
+def k6_figures(summary: dict, texts_per_request: int) -> dict:
+    metrics = summary["metrics"]
+    duration = metrics["http_req_duration"]
+    requests = metrics["http_reqs"]["rate"]
+    checks = metrics.get("checks", {})
+    return {
+        "requests_per_s": requests,
+        "sentences_per_s": requests * texts_per_request,
+        "p50_ms": duration["p(50)"],
+        "p95_ms": duration["p(95)"],
+        "p99_ms": duration["p(99)"],
+        "errors": checks.get("fails", 0),
+    }
+
+
+def ceiling(texts: list[str], threads: int, backend: str, model: str) -> float:
+    """Sentences/s of the model alone on these texts, in length-sorted batches of 64."""
+    from model.evaluate import load_backend
+
+    classifier = load_backend(model, backend, "cpu", threads)
+    classifier.predict(texts[:64])
+    started = time.perf_counter()
+    classifier.predict(texts, max_texts=64)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def plot(rows: list[dict], ceiling_rate: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for metric, ylabel, filename in (
+        ("sentences_per_s", "sentences/s", "throughput.png"),
+        ("p99_ms", "p99 latency (ms)", "p99.png"),
+    ):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=(metric == "sentences_per_s"))
+        for axis, texts in zip(axes, (1, 8)):
+            for design in ("service uncached", "service cached", "naive"):
+                points = sorted((r["concurrency"], r[metric]) for r in rows if r["design"] == design and r["texts"] == texts)
+                if points:
+                    axis.plot(*zip(*points), marker="o", label=design)
+            if metric == "sentences_per_s":
+                axis.axhline(ceiling_rate, linestyle="--", color="grey", label="ceiling (in-process)")
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel(ylabel)
+            axis.set_title(f"{texts} text(s) per request")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend()
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=110)
+        plt.close(fig)
+
+
+def markdown(rows: list[dict], ceiling_rate: float, settings: dict) -> str:
+    lines = [
+        f"Ceiling (model in-process, length-sorted batches of 64): **{ceiling_rate:.0f} sentences/s**",
+        "",
+        "| design | texts/req | clients | req/s | sentences/s | p50 ms | p95 ms | p99 ms | cache hits | mean batch | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hit = "" if r.get("cache_hit_ratio") is None else f"{r['cache_hit_ratio']:.0%}"
+        batch = "" if r.get("mean_batch") is None else f"{r['mean_batch']:.1f}"
+        lines.append(
+            f"| {r['design']} | {r['texts']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['sentences_per_s']:.1f} |"
+            f" {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {hit} | {batch} | {r['errors']} |"
+        )
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
+    parser.add_argument("--out", type=Path, default=REPO / "results")
+    parser.add_argument("--duration", default="10s", help="k6 duration of each run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--texts", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
+    parser.add_argument("--threads", type=int, default=2, help="torch/ORT threads for worker, naive server and ceiling")
+    parser.add_argument("--web-processes", type=int, default=2)
+    parser.add_argument("--client-cpus", default="", help="taskset CPU list for k6, e.g. 1")
+    parser.add_argument("--service-cpus", default="", help="taskset CPU list for the service processes, e.g. 0")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    sentences = [example.sentence for example in read_split(args.data, "dev")]
+    sentences_file = args.out / "sentences.json"
+    sentences_file.write_text(json.dumps(sentences))
+    client_prefix = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+    service_prefix = ["taskset", "-c", args.service_cpus] if args.service_cpus else []
+    run_id = f"b{int(time.time())}"
+    common_env = {"SENTENCES": str(sentences_file), "DURATION": args.duration}
+    rows: list[dict] = []
+
+    server = RedisServer()
+    server.start()
+    metrics_port = free_port()
+    env = {
+        "REDIS_URL": server.url,
+        "MODEL": args.model,
+        "MODEL_BACKEND": args.backend,
+        "TORCH_THREADS": str(args.threads),
+        "WORKER_METRICS_PORT": str(metrics_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    web_port = free_port()
+    processes = []
+    try:
+        processes.append(start_worker(env, redis.Redis.from_url(server.url, decode_responses=True), prefix=service_prefix))
+        processes.append(start_web(env, web_port, processes=args.web_processes, prefix=service_prefix))
+        web = f"http://127.0.0.1:{web_port}"
+        worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        for texts in args.texts:
+            for concurrency in args.concurrency:
+                for design, script in (("service uncached", "uncached.js"), ("service cached", "cached.js")):
+                    before_web, before_worker = scrape(f"{web}/metrics"), scrape(worker_metrics)
+                    label = f"{design.replace(' ', '-')}-{texts}-{concurrency}"
+                    summary = run_k6(
+                        script,
+                        web,
+                        {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_ID": f"{run_id}{label}"},
+                        args.out / f"k6-{label}.json",
+                        client_prefix,
+                    )
+                    after_web, after_worker = scrape(f"{web}/metrics"), scrape(worker_metrics)
+                    hits = total(after_web, "sentiment_cache_lookups_total", result="hit") - total(
+                        before_web, "sentiment_cache_lookups_total", result="hit"
+                    )
+                    lookups = total(after_web, "sentiment_cache_lookups_total") - total(
+                        before_web, "sentiment_cache_lookups_total"
+                    )
+                    batch_texts = total(after_worker, "sentiment_worker_batch_texts_sum") - total(
+                        before_worker, "sentiment_worker_batch_texts_sum"
+                    )
+                    batches = total(after_worker, "sentiment_worker_batch_texts_count") - total(
+                        before_worker, "sentiment_worker_batch_texts_count"
+                    )
+                    rows.append(
+                        {
+                            "design": design,
+                            "texts": texts,
+                            "concurrency": concurrency,
+                            **k6_figures(summary, texts),
+                            "cache_hit_ratio": hits / lookups if lookups else None,
+                            "mean_batch": batch_texts / batches if batches else None,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+                if texts == args.texts[0]:
+                    summary = run_k6(
+                        "trivial.js",
+                        web,
+                        {**common_env, "VUS": concurrency},
+                        args.out / f"k6-trivial-{concurrency}.json",
+                        client_prefix,
+                    )
+                    rows.append({"design": "trivial /health", "texts": 0, "concurrency": concurrency, **k6_figures(summary, 0)})
+                    print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for process in processes:
+            process.stop()
+        server.close()
+
+    naive_port = free_port()
+    naive = start_web(
+        {"MODEL": args.model, "TORCH_THREADS": str(args.threads)},
+        naive_port,
+        prefix=service_prefix,
+        app="bench.naive_server:create_app()",
+        config="bench/naive_gunicorn_conf.py",
+    )
+    try:
+        for texts in args.texts:
+            for concurrency in args.concurrency:
+                label = f"naive-{texts}-{concurrency}"
+                summary = run_k6(
+                    "uncached.js",
+                    f"http://127.0.0.1:{naive_port}",
+                    {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_ID": f"{run_id}{label}"},
+                    args.out / f"k6-{label}.json",
+                    client_prefix,
+                )
+                rows.append({"design": "naive", "texts": texts, "concurrency": concurrency, **k6_figures(summary, texts)})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        naive.stop()
+
+    ceiling_texts = [f"{sentences[n % len(sentences)]} {run_id}ceilingx{n}" for n in range(2000)]
+    ceiling_rate = ceiling(ceiling_texts, args.threads, args.backend, args.model)
+    settings = {"backend": args.backend, "threads": args.threads, "web_processes": args.web_processes, "duration": args.duration,
+                "client_cpus": args.client_cpus or "any", "service_cpus": args.service_cpus or "any"}  # fmt: skip
+    (args.out / "results.json").write_text(
+        json.dumps({"ceiling_sentences_per_s": ceiling_rate, "settings": settings, "rows": rows}, indent=1)
+    )
+    (args.out / "results.md").write_text(markdown(rows, ceiling_rate, settings))
+    plot(rows, ceiling_rate, args.out)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+// Shared by the k6 scenarios: loopback guard, sentences, request helper.
+import http from 'k6/http';
+import { check } from 'k6';
+
+export const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8000';
+// Load tests may only target this machine.
+if (!/^http:\/\/(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(:\d+)?(\/|$)/.test(BASE_URL)) {
+  throw new Error(`BASE_URL ${BASE_URL} is not a loopback address`);
+}
+
+// SENTENCES: a JSON array of strings (scripts/bench.py writes one from SST-2 dev); a few built-in ones otherwise.
+export function loadSentences() {
+  if (__ENV.SENTENCES) {
+    return JSON.parse(open(__ENV.SENTENCES));
+  }
+  return [
+    'it is a charming and often affecting journey .',
+    'unflinchingly bleak and desperate',
+    'allows us to hope that nolan is poised to embark a major career as a commercial yet inventive filmmaker .',
+    'the acting , costumes , music , cinematography and sound are all astounding given the production \'s austere locales .',
+    'it is slow -- very , very slow .',
+    'a sometimes tedious film .',
+    'or doing last year \'s taxes with your ex-wife .',
+    'you do n\'t have to know about music to appreciate the film \'s easygoing blend of comedy and romance .',
+    'in exactly 89 minutes , most of which passed as slowly as if i \'d been sitting naked on an igloo , formula 51 sank from quirky to jerky to utter turkey .',
+    'the mesmerizing performances of the leads keep the film grounded and keep the audience riveted .',
+    'it takes a strange kind of laziness to waste the talents of robert forster , anne meara , eugene levy , and reginald veljohnson all in the same movie .',
+    'the film suffers from a lack of humor ( something needed to balance out the violence ) ...',
+  ];
+}
+
+export function predict(texts, query = '') {
+  const response = http.post(`${BASE_URL}/predict${query}`, JSON.stringify({ text: texts }), {
+    headers: { 'Content-Type': 'application/json' },
+    tags: { name: 'predict' },
+  });
+  check(response, {
+    'status is 200': (r) => r.status === 200,
+    'one prediction per text': (r) => r.status !== 200 || r.json('predictions').length === texts.length,
+  });
+  return response;
+}
+
+export function shuffledWords(sentence) {
+  const words = sentence.split(' ');
+  for (let i = words.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [words[i], words[j]] = [words[j], words[i]];
+  }
+  return words.join(' ');
+}

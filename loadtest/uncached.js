@@ -1,0 +1,26 @@
+// Every text is new: each one carries a unique tag, so the cache never answers.
+//   k6 run -e VUS=16 -e TEXTS_PER_REQUEST=1 -e DURATION=30s loadtest/uncached.js
+import { loadSentences, predict } from './lib.js';
+import { SharedArray } from 'k6/data';
+import exec from 'k6/execution';
+
+const sentences = new SharedArray('sentences', loadSentences);
+const TEXTS = parseInt(__ENV.TEXTS_PER_REQUEST || '1', 10);
+const RUN = __ENV.RUN_ID || `${Date.now()}`;
+
+export const options = {
+  scenarios: {
+    uncached: { executor: 'constant-vus', vus: parseInt(__ENV.VUS || '8', 10), duration: __ENV.DURATION || '20s' },
+  },
+  thresholds: { checks: ['rate>0.99'] },
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(50)', 'p(95)', 'p(99)'],
+};
+
+export default function () {
+  const texts = [];
+  for (let i = 0; i < TEXTS; i++) {
+    const n = exec.scenario.iterationInTest * TEXTS + i;
+    texts.push(`${sentences[n % sentences.length]} ${RUN}x${n}`);
+  }
+  predict(texts);
+}
