@@ -1,7 +1,7 @@
 """Redis layout shared by web and workers: job records, the prediction cache, heartbeats and batch records.
 
 Keys (``sentiment:`` prefix):
-- ``job:<uuid4>``           JSON job record, expires after JOB_TTL_S.
+- ``job:<uuid4>``           job record (hash: status, texts, predictions, deadline, error), expires after JOB_TTL_S.
 - ``job:<uuid4>:done``      list pushed once when the job ends, so the web side can BLPOP instead of polling.
 - ``cache:<model>:<sha256>`` one text's prediction, expires after CACHE_TTL_S (in CACHE_REDIS_URL).
 - ``model``                 identity (name@weights-hash) of the model the workers serve; part of every cache key.
@@ -52,6 +52,21 @@ return tonumber(texts)
 """
 
 
+# Change a live job's status (only from ARGV[1] when given), record an error, and when ARGV[4]
+# is a TTL push to the job's done list so a waiting request wakes. Never recreates an expired record.
+_SET_STATUS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('RPUSH', KEYS[2], 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+"""
+
+
 def new_job_id() -> str:
     """An unguessable job id."""
     return str(uuid.uuid4())
@@ -94,6 +109,7 @@ class Store:
         self.cache_ttl_s = cache_ttl_s
         self._reserve = main.register_script(_RESERVE_SCRIPT)
         self._release = main.register_script(_RELEASE_SCRIPT)
+        self._set_status = main.register_script(_SET_STATUS_SCRIPT)
 
     # Cache -----------------------------------------------------------------
 
@@ -112,73 +128,62 @@ class Store:
         pipe.execute()
 
     # Jobs ------------------------------------------------------------------
+    # A job record is a hash, so status changes are single-field writes that keep the key's TTL.
 
-    def create_job(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> dict:
+    def create_job(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> None:
         """Store a queued job: the request's texts in order, with the predictions already known."""
-        record = {
-            "job_id": job_id,
-            "status": QUEUED,
-            "texts": list(texts),
-            "predictions": list(known),
-            "deadline": deadline,
-            "created_at": time.time(),
-            "error": None,
-        }
-        self.main.set(job_key(job_id), json.dumps(record), ex=self.job_ttl_s)
-        return record
+        pipe = self.main.pipeline(transaction=True)
+        pipe.hset(
+            job_key(job_id),
+            mapping={
+                "status": QUEUED,
+                "texts": json.dumps(list(texts)),
+                "predictions": json.dumps(list(known)),
+                "deadline": deadline,
+                "created_at": time.time(),
+            },
+        )
+        pipe.expire(job_key(job_id), self.job_ttl_s)
+        pipe.execute()
 
     def get_job(self, job_id: str) -> dict | None:
         """The job record, or None when unknown or expired."""
-        value = self.main.get(job_key(job_id))
-        return json.loads(value) if value is not None else None
-
-    def _update_job(self, job_id: str, change) -> dict | None:
-        """Apply ``change`` to the stored record, keeping its expiry; None when the record is gone."""
-        record = self.get_job(job_id)
-        if record is None:
+        fields = self.main.hgetall(job_key(job_id))
+        if not fields:
             return None
-        change(record)
-        self.main.set(job_key(job_id), json.dumps(record), keepttl=True)
-        return record
+        return {
+            "job_id": job_id,
+            "status": fields["status"],
+            "texts": json.loads(fields["texts"]),
+            "predictions": json.loads(fields["predictions"]),
+            "deadline": float(fields["deadline"]),
+            "error": fields.get("error"),
+        }
 
-    def mark_running(self, job_id: str) -> None:
-        """Queued -> running, when a worker takes the job into a batch."""
+    def job_status(self, job_id: str) -> str | None:
+        """Just the status, without reading the texts."""
+        return self.main.hget(job_key(job_id), "status")
 
-        def to_running(record):
-            if record["status"] == QUEUED:
-                record["status"] = RUNNING
-
-        self._update_job(job_id, to_running)
-
-    def finish_job(self, job_id: str, results: dict[str, list]) -> dict | None:
-        """Fill every missing prediction from ``results`` and mark the job done, then wake any waiter."""
-
-        def to_done(record):
-            record["predictions"] = [
-                known if known is not None else results[text] for text, known in zip(record["texts"], record["predictions"])
-            ]
-            record["status"] = DONE
-
-        record = self._update_job(job_id, to_done)
-        self._notify(job_id)
-        return record
-
-    def fail_job(self, job_id: str, error: str) -> dict | None:
-        """Mark the job failed with an error code, then wake any waiter."""
-
-        def to_failed(record):
-            record["status"] = FAILED
-            record["error"] = error
-
-        record = self._update_job(job_id, to_failed)
-        self._notify(job_id)
-        return record
-
-    def _notify(self, job_id: str) -> None:
-        pipe = self.main.pipeline(transaction=True)
-        pipe.rpush(done_key(job_id), 1)
-        pipe.expire(done_key(job_id), self.job_ttl_s)
+    def start_jobs(self, job_ids: Sequence[str]) -> None:
+        """Jobs whose batch starts: no longer queued for backpressure, and running. One round trip."""
+        pipe = self.main.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._release(keys=[QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], args=[job_id], client=pipe)
+            self._set_status(keys=[job_key(job_id), done_key(job_id)], args=[QUEUED, RUNNING, "", 0], client=pipe)
         pipe.execute()
+
+    def finish_job(self, job_id: str, results: dict[str, list]) -> None:
+        """Fill every missing prediction from ``results``, mark the job done and wake any waiter."""
+        texts, known = self.main.hmget(job_key(job_id), "texts", "predictions")
+        if texts is None:
+            return  # expired meanwhile: nobody can read it any more
+        predictions = [k if k is not None else results[text] for text, k in zip(json.loads(texts), json.loads(known))]
+        self.main.hset(job_key(job_id), "predictions", json.dumps(predictions))
+        self._set_status(keys=[job_key(job_id), done_key(job_id)], args=["", DONE, "", self.job_ttl_s])
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        """Mark the job failed with an error code and wake any waiter."""
+        self._set_status(keys=[job_key(job_id), done_key(job_id)], args=["", FAILED, error, self.job_ttl_s])
 
     def wait_for_job(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> dict | None:
         """Block until the job ends or ``timeout_s`` passes; return the latest record."""

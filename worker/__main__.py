@@ -4,6 +4,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 
 from celery import signals
 
@@ -13,6 +15,31 @@ from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
 
 log = logging.getLogger("worker")
+
+# Pause before restarting a Celery consumer that died on a broker fault.
+RESTART_DELAY_S = 2
+
+
+def run_celery(app, settings, argv: list[str]) -> object:
+    """Run Celery's worker until it stops; return its exit code."""
+    try:
+        app.worker_main(
+            [
+                "worker",
+                # Threads, not prefork: the batcher must see many jobs inside the one process that holds the model.
+                "--pool=threads",
+                f"--concurrency={settings.worker_concurrency}",
+                f"--queues={settings.queue_name}",
+                f"--hostname=sentiment-{os.getpid()}@{socket.gethostname()}",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel=INFO",
+                *argv,
+            ]
+        )
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -25,24 +52,21 @@ def main(argv: list[str]) -> int:
         return 1
     app = create_celery(settings)
     register_tasks(app, runtime)
+    shutdown_requested = threading.Event()
     signals.worker_ready.connect(lambda **_: runtime.announce(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: log.info("shutting down after held jobs finish"), weak=False)
-    signals.worker_shutdown.connect(lambda **_: runtime.shutdown(), weak=False)
-    app.worker_main(
-        [
-            "worker",
-            # Threads, not prefork: the batcher must see many jobs inside one process that holds the model.
-            "--pool=threads",
-            f"--concurrency={settings.worker_concurrency}",
-            f"--queues={settings.queue_name}",
-            f"--hostname=sentiment-{os.getpid()}@{socket.gethostname()}",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel=INFO",
-            *argv,
-        ]
-    )
-    return 0
+    signals.worker_shutting_down.connect(lambda **_: shutdown_requested.set(), weak=False)
+    try:
+        while True:
+            exit_code = run_celery(app, settings, argv)
+            if shutdown_requested.is_set():
+                return 0
+            # Celery and kombu can die on a Redis restart while jobs are unacked ("Unrecoverable
+            # error" while restoring them). The model and batcher are fine: start a new consumer;
+            # the unacked jobs are redelivered after the visibility timeout.
+            log.error("Celery's consumer stopped (exit %s) without a shutdown request; restarting it", exit_code)
+            time.sleep(RESTART_DELAY_S)
+    finally:
+        runtime.shutdown()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ class WorkerRuntime:
 
     def announce(self) -> None:
         """Start heartbeats: from now on /ready counts this worker as consuming."""
-        self._heartbeat.start()
+        if not self._heartbeat.is_alive():
+            self._heartbeat.start()
 
     def shutdown(self) -> None:
         """Finish held batches, then leave the live-worker set."""
@@ -103,12 +104,11 @@ class WorkerRuntime:
     def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
         for job in jobs:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - job.enqueued_at))
-            try:
-                self.store.release_queue(job.job_id)
-                self.store.mark_running(job.job_id)
-            except redis.RedisError as error:
-                # Bookkeeping only; the job still runs and its result is stored with retries.
-                log.warning("could not mark job %s running: %s", job.job_id, error)
+        try:
+            self.store.start_jobs([job.job_id for job in jobs])
+        except redis.RedisError as error:
+            # Bookkeeping only; the jobs still run and their results are stored with retries.
+            log.warning("could not mark %d jobs running: %s", len(jobs), error)
 
     def _batch_done(self, record: BatchRecord) -> None:
         metrics.BATCH_TEXTS.observe(record.texts)
@@ -121,8 +121,8 @@ class WorkerRuntime:
 
     def run_job(self, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
         """Score a job's texts in shared batches, cache them and complete the job record."""
-        record = retry_redis(lambda: self.store.get_job(job_id), "reading a job")
-        if record is None or record["status"] in (DONE, FAILED):
+        status = retry_redis(lambda: self.store.job_status(job_id), "reading a job")
+        if status is None or status in (DONE, FAILED):
             # Expired record, or a redelivery of a job another worker already finished.
             return "skipped"
         if time.time() > deadline:
