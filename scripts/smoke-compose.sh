@@ -84,36 +84,35 @@ DOCKER_BUILDKIT=1 "$DOCKER" build --network host --secret id=pip_cert,src="$CA_B
 rm -rf local-wheels
 ok "$("$DOCKER" image inspect -f '{{.Size}}' sentiment-worker:1.0.0 | awk '{printf "%.0f MB", $1/1e6}')"
 
-predict() {
-  curl -fsS -m 60 "$WEB/predict" -H 'Content-Type: application/json' -d "{\"text\": [\"I hate you. $1\", \"I love you. $1\"]}"
+live_workers() { curl -fsS -m 2 "$WEB/ready" 2>/dev/null | grep -o '"workers": [0-9]*' | grep -o '[0-9]*$'; }
+wait_for_workers() {
+  for _ in $(seq 180); do [ "$(live_workers)" = "$1" ] && return 0; sleep 1; done
+  fail "$1 worker(s) never reported ready: $(curl -sS -m 5 "$WEB/ready"; "${COMPOSE[@]}" logs --tail 30 2>&1)"
+}
+check_predict() {
+  local answer
+  answer="$(curl -fsS -m 60 "$WEB/predict" -H 'Content-Type: application/json' \
+    -d "{\"text\": [\"I hate you. $1\", \"I love you. $1\"]}")" || fail "no answer"
+  echo "$answer"
+  echo "$answer" | grep -q '"predictions": \[\[{"label": "NEGATIVE"' || fail "unexpected answer"
 }
 
 step "docker-compose up redis redis-cache web worker (1 worker)"
 "${COMPOSE[@]}" up -d redis redis-cache web worker >"$WORK/compose-up.log" 2>&1 || fail "see $WORK/compose-up.log"
-for _ in $(seq 180); do
-  [ "$(curl -fsS -m 2 "$WEB/ready" 2>/dev/null | grep -o '"workers": [0-9]*' | grep -o '[0-9]*$')" = "1" ] && break; sleep 1
-done
-curl -fsS -m 5 "$WEB/ready" >/dev/null || fail "web not ready; $("${COMPOSE[@]}" logs --tail 30 2>&1)"
+wait_for_workers 1
 ok "ready after $(( $(date +%s) - step_started ))s: $(curl -fsS "$WEB/ready")"
 
 step "POST /predict with 1 worker"
-answer="$(predict one)" || fail "no answer"
-echo "$answer"
-echo "$answer" | grep -q '"predictions": \[\[{"label": "NEGATIVE"' || fail "unexpected answer"
+check_predict one
 ok
 
 step "scale workers to 2"
 "${COMPOSE[@]}" up -d --no-recreate --scale worker=2 worker >>"$WORK/compose-up.log" 2>&1 || fail "see $WORK/compose-up.log"
-for _ in $(seq 180); do
-  [ "$(curl -fsS -m 2 "$WEB/ready" 2>/dev/null | grep -o '"workers": [0-9]*' | grep -o '[0-9]*$')" = "2" ] && break; sleep 1
-done
-curl -fsS "$WEB/ready" | grep -q '"workers": 2' || fail "2 workers never reported: $(curl -fsS "$WEB/ready")"
+wait_for_workers 2
 ok "$(curl -fsS "$WEB/ready")"
 
 step "POST /predict with 2 workers"
-answer="$(predict two)" || fail "no answer"
-echo "$answer"
-echo "$answer" | grep -q '"predictions": \[\[{"label": "NEGATIVE"' || fail "unexpected answer"
+check_predict two
 ok
 
 step "not run here"
