@@ -64,6 +64,10 @@ MINUTES ?= 5
 soak: install-dev redis-server
 	$(VENV)/bin/python -m bench.soak --minutes $(MINUTES)
 
+# Builds both images and runs the compose stack on a local dockerd (see README, "Smoke test").
+smoke:
+	scripts/smoke-compose.sh
+
 export-onnx: install-dev
 	$(VENV)/bin/python -m model.export_onnx --output build/onnx-sst2-minilm-l6
 
