@@ -147,13 +147,14 @@ def main() -> None:
     parser.add_argument("--service-cpus", default="", help="taskset CPU list for the service processes, e.g. 0")
     args = parser.parse_args()
 
+    args.out = args.out.resolve()  # k6 opens files relative to its script, so pass absolute paths
     args.out.mkdir(parents=True, exist_ok=True)
     sentences = [example.sentence for example in read_split(args.data, "dev")]
     sentences_file = args.out / "sentences.json"
     sentences_file.write_text(json.dumps(sentences))
     client_prefix = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
     service_prefix = ["taskset", "-c", args.service_cpus] if args.service_cpus else []
-    run_id = f"b{int(time.time())}"
+    run_offsets = iter(range(1, 10_000))  # each uncached run gets texts no other run used
     common_env = {"SENTENCES": str(sentences_file), "DURATION": args.duration}
     rows: list[dict] = []
 
@@ -183,7 +184,7 @@ def main() -> None:
                     summary = run_k6(
                         script,
                         web,
-                        {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_ID": f"{run_id}{label}"},
+                        {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_OFFSET": next(run_offsets)},
                         args.out / f"k6-{label}.json",
                         client_prefix,
                     )
@@ -241,7 +242,7 @@ def main() -> None:
                 summary = run_k6(
                     "uncached.js",
                     f"http://127.0.0.1:{naive_port}",
-                    {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_ID": f"{run_id}{label}"},
+                    {**common_env, "VUS": concurrency, "TEXTS_PER_REQUEST": texts, "RUN_OFFSET": next(run_offsets)},
                     args.out / f"k6-{label}.json",
                     client_prefix,
                 )
@@ -250,7 +251,9 @@ def main() -> None:
     finally:
         naive.stop()
 
-    ceiling_texts = [f"{sentences[n % len(sentences)]} {run_id}ceilingx{n}" for n in range(2000)]
+    # Shaped like the k6 texts: a dev sentence plus three one-token tag words.
+    tags = ["table river green", "house window paper", "music stone light", "water garden chair"]
+    ceiling_texts = [f"{sentences[n % len(sentences)]} {tags[n // len(sentences) % len(tags)]}" for n in range(2000)]
     ceiling_rate = ceiling(ceiling_texts, args.threads, args.backend, args.model)
     settings = {"backend": args.backend, "threads": args.threads, "web_processes": args.web_processes, "duration": args.duration,
                 "client_cpus": args.client_cpus or "any", "service_cpus": args.service_cpus or "any"}  # fmt: skip

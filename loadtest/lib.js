@@ -49,3 +49,21 @@ export function shuffledWords(sentence) {
   }
   return words.join(' ');
 }
+
+// Three one-token words per text make it unique while adding the same few tokens everywhere
+// (numbers would split into many word pieces and slow every design down unevenly).
+const TAG_WORDS = ('table river green house window paper music stone light water garden chair ' +
+  'market winter summer forest bridge letter orange silver yellow doctor island school animal ' +
+  'button candle castle circle cotton dinner engine farmer finger flower friend ground hammer ' +
+  'jacket kitten ladder lemon mirror monkey needle office pencil pepper pillow planet pocket ' +
+  'rabbit rocket saddle shadow sister spider spring street sugar ticket tiger tomato tunnel ' +
+  'valley wagon wallet wheel willow wizard zebra apple basket beach camera cloud desert eagle ' +
+  'feather glass harbor honey lamp moon ocean piano queen ribbon salt sheep snow storm tower ' +
+  'train violin whale wolf anchor arrow bottle cabin canvas coffee compass crystal').split(' ');
+
+export function uniqueText(sentences, n, runOffset) {
+  const W = TAG_WORDS.length;
+  const t = runOffset + Math.floor(n / sentences.length);
+  const tag = `${TAG_WORDS[t % W]} ${TAG_WORDS[Math.floor(t / W) % W]} ${TAG_WORDS[Math.floor(t / (W * W)) % W]}`;
+  return `${sentences[n % sentences.length]} ${tag}`;
+}

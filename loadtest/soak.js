@@ -5,11 +5,11 @@ import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
-import { BASE_URL, loadSentences, predict } from './lib.js';
+import { BASE_URL, loadSentences, predict, uniqueText } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '2m';
-const RUN = __ENV.RUN_ID || `${Date.now()}`;
+const RUN_OFFSET = (Date.now() % 100000) * 1000;
 const jobsLost = new Counter('jobs_lost');
 const jobsDone = new Counter('jobs_done');
 
@@ -23,11 +23,11 @@ export const options = {
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(50)', 'p(95)', 'p(99)'],
 };
 
-function fresh(tag, count) {
+function fresh(scenarioOffset, count) {
   const texts = [];
   for (let i = 0; i < count; i++) {
     const n = exec.scenario.iterationInTest * count + i;
-    texts.push(`${sentences[n % sentences.length]} ${RUN}${tag}${n}`);
+    texts.push(uniqueText(sentences, n, RUN_OFFSET + scenarioOffset));
   }
   return texts;
 }
@@ -37,11 +37,11 @@ export function cached() {
 }
 
 export function uncached() {
-  predict(fresh('u', 1 + Math.floor(Math.random() * 8)));
+  predict(fresh(0, 1 + Math.floor(Math.random() * 8)));
 }
 
 export function asyncPoll() {
-  const texts = fresh('a', 4);
+  const texts = fresh(500, 4);
   const response = http.post(`${BASE_URL}/predict?wait=0`, JSON.stringify({ text: texts }), {
     headers: { 'Content-Type': 'application/json' },
     tags: { name: 'predict_async' },

@@ -1,12 +1,13 @@
 // Every text is new: each one carries a unique tag, so the cache never answers.
 //   k6 run -e VUS=16 -e TEXTS_PER_REQUEST=1 -e DURATION=30s loadtest/uncached.js
-import { loadSentences, predict } from './lib.js';
+import { loadSentences, predict, uniqueText } from './lib.js';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const TEXTS = parseInt(__ENV.TEXTS_PER_REQUEST || '1', 10);
-const RUN = __ENV.RUN_ID || `${Date.now()}`;
+// Each run passes a different RUN_OFFSET so no run meets another's cached texts.
+const RUN_OFFSET = parseInt(__ENV.RUN_OFFSET || `${Date.now() % 100000}`, 10) * 1000;
 
 export const options = {
   scenarios: {
@@ -20,7 +21,7 @@ export default function () {
   const texts = [];
   for (let i = 0; i < TEXTS; i++) {
     const n = exec.scenario.iterationInTest * TEXTS + i;
-    texts.push(`${sentences[n % sentences.length]} ${RUN}x${n}`);
+    texts.push(uniqueText(sentences, n, RUN_OFFSET));
   }
   predict(texts);
 }
