@@ -228,8 +228,10 @@ def main() -> None:
         server.close()
 
     naive_port = free_port()
+    # The naive design is plain torch, whatever backend the service was given.
+    naive_model = args.model if args.backend == "torch" else str(BUNDLED_MODEL_DIR)
     naive = start_web(
-        {"MODEL": args.model, "TORCH_THREADS": str(args.threads)},
+        {"MODEL": naive_model, "TORCH_THREADS": str(args.threads)},
         naive_port,
         prefix=service_prefix,
         app="bench.naive_server:create_app()",
