@@ -11,7 +11,7 @@ REGISTRY="${ACR_NAME}.azurecr.io"
 az acr login --name "$ACR_NAME"
 docker build -f Dockerfile.web -t "$REGISTRY/sentiment-web:$TAG" .
 docker build -f Dockerfile.worker \
-  --build-arg MODEL_BACKEND="${MODEL_BACKEND:-torch}" \
+  --build-arg MODEL_BACKEND="${MODEL_BACKEND:-onnx}" \
   --build-arg MODEL_ID="${MODEL_ID:-}" \
   -t "$REGISTRY/sentiment-worker:$TAG" .
 docker push "$REGISTRY/sentiment-web:$TAG"

@@ -160,3 +160,18 @@ def test_postprocess_orders_labels_by_score():
     assert postprocess([[0.2, 0.8]], ["NEGATIVE", "POSITIVE"]) == [
         [{"label": "POSITIVE", "score": 0.8}, {"label": "NEGATIVE", "score": 0.2}]
     ]
+
+
+def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_distilbert, tmp_path):
+    from model.export_onnx import export
+    from model.onnx_backend import OnnxSentimentModel
+
+    export(str(tiny_distilbert), tmp_path)
+    onnx_model = OnnxSentimentModel.load(tmp_path, threads=1)
+    torch_model = SentimentModel.load(tiny_distilbert, device="cpu")
+    texts = ["I love you.", "I hate you.", *BATCH_MATES]
+    for ours, reference in zip(onnx_model.predict(texts), torch_model.predict(texts)):
+        assert [item["label"] for item in ours] == [item["label"] for item in reference]
+        assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(ours, reference))
+    assert_batch_independent(onnx_model, "the plot is thin , but the acting is superb .")
+    assert onnx_model.identity != torch_model.identity
