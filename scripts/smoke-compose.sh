@@ -17,7 +17,8 @@ SOCKET="$WORK/docker.sock"
 export DOCKER_HOST="unix://$SOCKET"
 DOCKER=/usr/bin/docker   # Debian's docker.io client: its builder has BuildKit built in
 CA_BUNDLE="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
-COMPOSE=(docker-compose -p sentiment-smoke -f docker-compose.yml -f scripts/docker-compose.smoke.yml)
+RESOLVED="$WORK/docker-compose.resolved.yml"
+COMPOSE=(docker-compose -p sentiment-smoke -f "$RESOLVED")
 WEB=http://127.0.0.1:18000
 current_step=""
 
@@ -29,7 +30,7 @@ cleanup() {
   [ -f "$WORK/dockerd.pid" ] && kill "$(cat "$WORK/dockerd.pid")" 2>/dev/null
   rm -rf "$REPO/local-wheels"
 }
-trap 'cleanup' INT TERM
+trap 'cleanup; exit 130' INT TERM
 
 step "tools"
 for tool in dockerd debootstrap docker-compose curl; do
@@ -96,6 +97,20 @@ check_predict() {
   echo "$answer"
   echo "$answer" | grep -q '"predictions": \[\[{"label": "NEGATIVE"' || fail "unexpected answer"
 }
+
+step "docker-compose config: docker-compose.yml + scripts/docker-compose.smoke.yml"
+# Host networking has no published ports (docker refuses both at once), so drop them from the
+# merged file; everything else is the project's compose file as written.
+docker-compose -f docker-compose.yml -f scripts/docker-compose.smoke.yml config >"$RESOLVED" || fail "compose config"
+python3 - "$RESOLVED" <<'PY' || fail "could not drop published ports"
+import sys, yaml
+path = sys.argv[1]
+config = yaml.safe_load(open(path))
+for service in config["services"].values():
+    service.pop("ports", None)
+yaml.safe_dump(config, open(path, "w"))
+PY
+ok
 
 step "docker-compose up redis redis-cache web worker (1 worker)"
 "${COMPOSE[@]}" up -d redis redis-cache web worker >"$WORK/compose-up.log" 2>&1 || fail "see $WORK/compose-up.log"

@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging  # noqa: E402
-import socket
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -27,7 +26,7 @@ log = logging.getLogger("worker")
 RESTART_DELAY_S = 2
 
 
-def run_celery(app, settings, argv: list[str]) -> object:
+def run_celery(app, settings, node_name: str, argv: list[str]) -> object:
     """Run Celery's worker until it stops; return its exit code."""
     try:
         app.worker_main(
@@ -37,7 +36,7 @@ def run_celery(app, settings, argv: list[str]) -> object:
                 "--pool=threads",
                 f"--concurrency={settings.worker_concurrency}",
                 f"--queues={settings.queue_name}",
-                f"--hostname=sentiment-{os.getpid()}@{socket.gethostname()}",
+                f"--hostname=sentiment-{node_name}",
                 "--without-mingle",
                 "--without-gossip",
                 "--loglevel=INFO",
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> int:
     signals.worker_shutting_down.connect(lambda **_: shutdown_requested.set(), weak=False)
     try:
         while True:
-            exit_code = run_celery(app, settings, argv)
+            exit_code = run_celery(app, settings, runtime.name, argv)
             if shutdown_requested.is_set():
                 return 0
             # Celery and kombu can die on a Redis restart while jobs are unacked ("Unrecoverable

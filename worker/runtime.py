@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 import redis
 
@@ -54,7 +55,8 @@ class WorkerRuntime:
         self.settings = settings
         self.model = model
         self.store = store_from_settings(settings)
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        # Containers on one host can share a hostname (host networking) and a pid (1), so add a nonce.
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batcher = Batcher(
             model,
             settings.batch_max_texts,
