@@ -75,9 +75,9 @@ def k6_figures(summary: dict, texts_per_request: int) -> dict:
 
 def ceiling(texts: list[str], threads: int, backend: str, model: str) -> float:
     """Sentences/s of the model alone on these texts, in length-sorted batches of 64."""
-    from model.evaluate import load_backend
+    from model.inference import load_classifier
 
-    classifier = load_backend(model, backend, "cpu", threads)
+    classifier = load_classifier(model, backend, "cpu", threads)
     classifier.predict(texts[:64])
     started = time.perf_counter()
     classifier.predict(texts, max_texts=64)

@@ -10,8 +10,7 @@ import statistics
 import time
 
 from model import BUNDLED_MODEL_DIR
-from model.evaluate import load_backend
-from model.inference import default_threads, length_sorted_batches
+from model.inference import default_threads, length_sorted_batches, load_classifier
 from model.sst2 import read_split
 
 
@@ -51,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="score the dev set this many times per setting")
     args = parser.parse_args()
 
-    model = load_backend(args.model, args.backend, args.device, args.threads)
+    model = load_classifier(args.model, args.backend, args.device, args.threads)
     sentences = [example.sentence for example in read_split(args.data, "dev")] * args.repeat
     token_ids = model.encode(sentences)
     print(

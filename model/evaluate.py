@@ -7,19 +7,9 @@ import argparse
 import time
 
 from model import BUNDLED_MODEL_DIR
+from model.inference import load_classifier
 from model.labels import ID2LABEL, NEGATIVE, POSITIVE
 from model.sst2 import read_split
-
-
-def load_backend(source: str, backend: str, device: str, threads: int | None):
-    """Load ``source`` through the torch or the ONNX Runtime backend."""
-    if backend == "onnx":
-        from model.onnx_backend import OnnxSentimentModel
-
-        return OnnxSentimentModel.load(source, device=device, threads=threads)
-    from model.inference import SentimentModel
-
-    return SentimentModel.load(source, device=device, threads=threads)
 
 
 def confusion_matrix(gold: list[str], predicted: list[str]) -> dict[tuple[str, str], int]:
@@ -43,7 +33,7 @@ def main() -> None:
     examples = read_split(args.data, "dev")
     if args.limit:
         examples = examples[: args.limit]
-    model = load_backend(args.model, args.backend, args.device, args.threads)
+    model = load_classifier(args.model, args.backend, args.device, args.threads)
     started = time.perf_counter()
     predictions = model.predict([example.sentence for example in examples])
     seconds = time.perf_counter() - started

@@ -167,3 +167,16 @@ class SentimentModel(TextClassifier):
 def default_threads() -> int:
     """Use every CPU this process may run on."""
     return len(os.sched_getaffinity(0))
+
+
+def load_classifier(
+    source: str | Path, backend: str = "torch", device: str = "auto", threads: int | None = None
+) -> TextClassifier:
+    """Load ``source`` with the torch or the ONNX Runtime backend; raises ModelLoadError."""
+    if backend == "onnx":
+        from model.onnx_backend import OnnxSentimentModel  # imports this module, so not at the top
+
+        return OnnxSentimentModel.load(source, device=device, threads=threads)
+    if backend != "torch":
+        raise ModelLoadError(f"unknown backend {backend!r}; use torch or onnx")
+    return SentimentModel.load(source, device=device, threads=threads)

@@ -10,6 +10,7 @@ import uuid
 import redis
 
 from common.store import DONE, FAILED, HEARTBEAT_INTERVAL_S, store_from_settings
+from model.inference import default_threads, load_classifier
 from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
 
@@ -21,16 +22,8 @@ STORE_RETRY_S = 60
 
 def load_model(settings):
     """Load the configured model with the configured backend; raises ModelLoadError."""
-    threads = settings.torch_threads or len(os.sched_getaffinity(0))
-    if settings.model_backend == "onnx":
-        from model.onnx_backend import OnnxSentimentModel
-
-        return OnnxSentimentModel.load(settings.model, threads=threads, device=settings.device)
-    from model.inference import ModelLoadError, SentimentModel
-
-    if settings.model_backend != "torch":
-        raise ModelLoadError(f"unknown MODEL_BACKEND {settings.model_backend!r}; use torch or onnx")
-    return SentimentModel.load(settings.model, device=settings.device, threads=threads)
+    threads = settings.torch_threads or default_threads()
+    return load_classifier(settings.model, settings.model_backend, settings.device, threads)
 
 
 def retry_redis(action, what: str):
