@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint install install-dev redis-server promtool constraints evaluate model-bench bench export-onnx smoke soak clean
 
 run: install redis-server
-	VENV=$(VENV) scripts/run-local.sh
+	$(VENV)/bin/python -m stack
 
 test: install-dev redis-server promtool lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -50,10 +50,10 @@ constraints:
 	$(VENV)/bin/pip freeze | sed 's/+cpu$$//' | grep -v '^-e' > requirements/constraints.txt
 
 evaluate: install-dev
-	$(VENV)/bin/python -m model.evaluate --data $(SST2_DIR)
+	$(VENV)/bin/python -m model_tools.evaluate --data $(SST2_DIR)
 
 model-bench: install-dev
-	$(VENV)/bin/python -m model.benchmark --data $(SST2_DIR)
+	$(VENV)/bin/python -m model_tools.benchmark --data $(SST2_DIR)
 
 # End-to-end benchmark against the ceiling and the naive design; writes results/ (not committed).
 BENCH_ARGS ?=
@@ -69,7 +69,7 @@ smoke:
 	scripts/smoke-compose.sh
 
 export-onnx: install-dev
-	$(VENV)/bin/python -m model.export_onnx --output build/onnx-sst2-minilm-l6
+	$(VENV)/bin/python -m model_tools.export_onnx --output build/onnx-sst2-minilm-l6
 
 clean:
 	rm -rf build results .pytest_cache

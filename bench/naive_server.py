@@ -8,11 +8,11 @@ import os
 from flask import Flask, jsonify, request
 
 from model import BUNDLED_MODEL_DIR
-from model.inference import SentimentModel
+from model.torch_backend import TorchClassifier
 
 
 def create_app() -> Flask:
-    model = SentimentModel.load(
+    model = TorchClassifier.load(
         os.environ.get("MODEL", str(BUNDLED_MODEL_DIR)), device="cpu", threads=int(os.environ.get("TORCH_THREADS", "2"))
     )
     app = Flask(__name__)

@@ -25,8 +25,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from model import BUNDLED_MODEL_DIR
-from model.sst2 import read_split
-from tests.support import REPO, RedisServer, free_port, start_web, start_worker
+from model_tools.sst2 import read_split
+from stack import REPO, RedisServer, free_port, start_web, start_worker
 
 K6 = shutil.which("k6") or str(Path(os.sys.executable).parent / "k6")
 
@@ -75,7 +75,7 @@ def k6_figures(summary: dict, texts_per_request: int) -> dict:
 
 def ceiling(texts: list[str], threads: int, backend: str, model: str) -> float:
     """Sentences/s of the model alone on these texts, in length-sorted batches of 64."""
-    from model.inference import load_classifier
+    from model.core import load_classifier
 
     classifier = load_classifier(model, backend, "cpu", threads)
     classifier.predict(texts[:64])

@@ -16,8 +16,8 @@ from pathlib import Path
 import redis
 
 from bench.run import K6
-from common.store import Store
-from tests.support import REPO, RedisServer, free_port, start_web, start_worker
+from common.store import Stores
+from stack import REPO, RedisServer, free_port, start_web, start_worker
 
 
 def rss_mib(root_pid: int) -> float:
@@ -73,7 +73,7 @@ def main() -> None:
         subprocess.run([K6, "run", "--quiet", "--summary-export", str(summary_path), *k6_env, str(REPO / "loadtest" / "soak.js")])
         end = {"web_mib": rss_mib(web.pid), "worker_mib": rss_mib(worker.pid)}
         metrics = json.loads(summary_path.read_text())["metrics"]
-        store = Store(client, client, 60, 60)
+        store = Stores.over(client, client, 60, 60)
         report = {
             "minutes": round((time.time() - started) / 60, 1),
             "requests": int(metrics["http_reqs"]["count"]),
@@ -83,7 +83,7 @@ def main() -> None:
             "async_jobs_done": int(metrics.get("jobs_done", {}).get("count", 0)),
             "async_jobs_lost": int(metrics.get("jobs_lost", {}).get("count", 0)),
             "p99_ms": round(metrics["http_req_duration"]["p(99)"], 1),
-            "queued_texts_left": store.queued_texts(),
+            "queued_texts_left": store.queue.queued_texts(),
             "rss_web_mib": f"{start['web_mib']:.0f} -> {end['web_mib']:.0f}",
             "rss_worker_mib": f"{start['worker_mib']:.0f} -> {end['worker_mib']:.0f}",
             "web_alive": web.alive(),

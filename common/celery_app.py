@@ -14,8 +14,8 @@ def create_celery(settings) -> Celery:
         accept_content=["json"],
         # Job records live in our own Redis keys; Celery's result backend is not used.
         task_ignore_result=True,
+        # The one place the queue is named: the web side sends to it and the worker consumes it.
         task_default_queue=settings.queue_name,
-        task_routes={PREDICT_TASK: {"queue": settings.queue_name}},
         # Ack only after the job's results are stored, so a killed worker's jobs run again.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -23,7 +23,7 @@ def create_celery(settings) -> Celery:
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
         broker_transport_options={
-            # Unacked jobs come back after this long; it must exceed the longest job (see README).
+            # Unacked jobs come back after this long; it must exceed the longest job (docs/reliability.md).
             "visibility_timeout": settings.visibility_timeout_s,
             # Look for a dead worker's unacked jobs every few seconds (kombu's default scans every 100 s).
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),

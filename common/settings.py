@@ -1,14 +1,16 @@
 """Every setting of the service, read from the environment in one place.
 
-Each field names its environment variable and default; README's "Settings" table lists them.
+Each field names its environment variable and default; docs/settings.md lists them.
 Tests build ``Settings.from_env(overrides)`` instead of touching ``os.environ``.
 """
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
-from model import BUNDLED_MODEL_DIR
+# model.BUNDLED_MODEL_DIR, spelled out here so the web side (and its image) needs nothing from model/.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "sst2-minilm-l6"
 
 
 def _setting(env: str, default, doc: str):
@@ -17,7 +19,7 @@ def _setting(env: str, default, doc: str):
 
 @dataclass(frozen=True)
 class Settings:
-    """Service settings; see README for the trade-off behind each default."""
+    """Service settings; see docs/settings.md for the trade-off behind each default."""
 
     redis_url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", "Broker, job records and worker heartbeats.")
     cache_redis_url: str = _setting(
@@ -52,6 +54,13 @@ class Settings:
     rate_limit: str = _setting("RATE_LIMIT", "", "Per-client limit such as '600/minute'; empty turns it off.")
     api_key_hashes: str = _setting("API_KEY_HASHES", "", "Comma-separated SHA-256 hex digests of accepted X-API-Key values.")
     trust_proxy_hops: int = _setting("TRUST_PROXY_HOPS", 0, "Proxies in front whose X-Forwarded-For is trusted.")
+    port: int = _setting("PORT", 8000, "Port gunicorn listens on, on 127.0.0.1 unless BIND is set.")
+    bind: str = _setting(
+        "BIND", "", "gunicorn's full bind address, such as 0.0.0.0:8000 in containers; empty means 127.0.0.1:PORT."
+    )
+    web_processes: int = _setting("WEB_PROCESSES", 0, "gunicorn processes; 0 means one per CPU the process may use.")
+    web_threads: int = _setting("WEB_THREADS", 32, "Threads per gunicorn process; each holds one waiting request.")
+    access_log: str = _setting("ACCESS_LOG", "", "gunicorn access log destination, - for stdout; empty turns it off.")
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -70,11 +79,16 @@ class Settings:
         return self.cache_redis_url or self.redis_url
 
     @property
+    def web_bind(self) -> str:
+        """Address gunicorn binds."""
+        return self.bind or f"127.0.0.1:{self.port}"
+
+    @property
     def api_keys_enabled(self) -> bool:
         """Whether requests must carry a valid X-API-Key."""
         return bool(self.api_key_hashes.strip())
 
 
 def documented_settings() -> list[tuple[str, object, str]]:
-    """(variable, default, description) for every setting, for README and tests."""
+    """(variable, default, description) for every setting, for docs/settings.md and tests."""
     return [(item.metadata["env"], item.default, item.metadata["doc"]) for item in fields(Settings)]

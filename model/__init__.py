@@ -1,6 +1,7 @@
-"""Model layer: the bundled SST-2 classifier, its trainer, evaluation and benchmark.
+"""What the worker serves: the classifier core, one module per backend, and the bundled SST-2 model.
 
-Importing this package does not import torch; ``model.inference`` does.
+Importing this package or ``model.core`` imports neither torch nor transformers; a backend module does.
+Training, evaluation, benchmarks and export live apart, in ``model_tools``.
 """
 
 from pathlib import Path

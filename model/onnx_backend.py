@@ -1,6 +1,6 @@
-"""ONNX Runtime fp32 backend: the same tokenisation and post-processing, a faster forward pass on CPU.
+"""ONNX Runtime backend (fp32): the same tokenisation and post-processing, a faster forward pass on CPU.
 
-The folder it loads is written by ``python -m model.export_onnx``: model.onnx beside the
+The folder it loads is written by ``python -m model_tools.export_onnx``: model.onnx beside the
 tokenizer and config of the model it was exported from.
 """
 
@@ -12,12 +12,12 @@ import numpy as np
 import onnxruntime
 from transformers import AutoConfig, AutoTokenizer
 
-from model.inference import ModelLoadError, TextClassifier, config_digest, pad_batch
+from model.core import ModelLoadError, TextClassifier, config_digest, pad_batch
 
 ONNX_FILE = "model.onnx"
 
 
-class OnnxSentimentModel(TextClassifier):
+class OnnxClassifier(TextClassifier):
     """A sequence classifier exported to ONNX, run by ONNX Runtime."""
 
     def __init__(self, session, tokenizer, config, name: str, device: str, file_digest: str):
@@ -33,7 +33,7 @@ class OnnxSentimentModel(TextClassifier):
         folder = Path(source)
         path = folder / ONNX_FILE
         if not path.is_file():
-            raise ModelLoadError(f"no {ONNX_FILE} in {folder}; export one with python -m model.export_onnx")
+            raise ModelLoadError(f"no {ONNX_FILE} in {folder}; export one with python -m model_tools.export_onnx")
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

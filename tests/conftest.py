@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from common.settings import Settings
-from tests.support import RedisServer, free_port, start_web, start_worker
+from stack import RedisServer, free_port, start_web, start_worker
 
 
 @pytest.fixture(scope="session")

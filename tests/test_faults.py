@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from common.store import Store
+from common.store import Stores
 from tests.support import RedisServer, free_port, start_web, start_worker, wait_until
 
 # Long texts make a batch take long enough to interrupt it on purpose.
@@ -155,5 +155,5 @@ def test_web_restart_keeps_jobs_pollable(stack):
     web.stop()
     processes.append(start_web(env, web_port, processes=1))
     assert_all_done(web_url, submitted, 120)
-    store = Store(client, client, 3600, 3600)
-    assert store.queued_texts() == 0
+    store = Stores.over(client, client, 3600, 3600)
+    assert store.queue.queued_texts() == 0

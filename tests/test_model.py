@@ -15,11 +15,12 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
+from common.labels import ID2LABEL, LABEL2ID
 from model import BUNDLED_MODEL_DIR
-from model.inference import ModelLoadError, SentimentModel, length_sorted_batches, postprocess
-from model.labels import ID2LABEL, LABEL2ID
-from model.sst2 import read_split
-from model.train import packaged_minilm_dir
+from model.core import ModelLoadError, length_sorted_batches, postprocess
+from model.torch_backend import TorchClassifier
+from model_tools.sst2 import read_split
+from model_tools.train import packaged_minilm_dir
 from tests.support import REPO
 
 SST2_DIR = Path(os.environ.get("SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
@@ -28,8 +29,8 @@ BATCH_MATES = ["ok", "I love you.", "a long , winding and ultimately rewarding f
 
 
 @pytest.fixture(scope="module")
-def bundled() -> SentimentModel:
-    return SentimentModel.load(BUNDLED_MODEL_DIR, device="cpu")
+def bundled() -> TorchClassifier:
+    return TorchClassifier.load(BUNDLED_MODEL_DIR, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def dev_slice(count: int = 200):
     return read_split(SST2_DIR, "dev")[:count]
 
 
-def assert_batch_independent(model: SentimentModel, probe: str) -> None:
+def assert_batch_independent(model: TorchClassifier, probe: str) -> None:
     alone = model.predict([probe])[0]
     for mates in ([BATCH_MATES[0]], BATCH_MATES, BATCH_MATES * 5):
         in_company = model.predict([*mates, probe, *mates], sort_by_length=False)[len(mates)]
@@ -81,7 +82,7 @@ def test_bundled_model_accuracy_on_a_fixed_dev_slice(bundled):
     predictions = bundled.predict([example.sentence for example in examples])
     correct = sum(p[0]["label"] == ID2LABEL[e.label] for p, e in zip(predictions, examples))
     # The committed model scores 175/200 on this slice (0.8956 on all 872 dev sentences, by
-    # python -m model.evaluate); a drop below 0.86 means the model or the inference code changed.
+    # python -m model_tools.evaluate); a drop below 0.86 means the model or the inference code changed.
     assert correct / len(examples) >= 0.86
 
 
@@ -109,7 +110,7 @@ def test_predictions_list_both_labels_highest_first_in_input_order(bundled):
 
 
 def test_distilbert_code_path_runs_scores_and_truncates(tiny_distilbert):
-    model = SentimentModel.load(tiny_distilbert, device="cpu")
+    model = TorchClassifier.load(tiny_distilbert, device="cpu")
     assert model.max_length == 64
     long_text = "word " * 500
     assert max(len(ids) for ids in model.encode([long_text])) == 64
@@ -126,12 +127,12 @@ def test_model_without_the_sentiment_labels_is_refused(tmp_path):
     BertForSequenceClassification(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="NEGATIVE"):
-        SentimentModel.load(tmp_path, device="cpu")
+        TorchClassifier.load(tmp_path, device="cpu")
 
 
 def test_missing_model_is_a_clear_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot load model"):
-        SentimentModel.load(tmp_path / "absent", device="cpu")
+        TorchClassifier.load(tmp_path / "absent", device="cpu")
 
 
 def test_worker_exits_with_a_clear_message_when_the_model_cannot_load(tmp_path):
@@ -163,12 +164,12 @@ def test_postprocess_orders_labels_by_score():
 
 
 def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_distilbert, tmp_path):
-    from model.export_onnx import export
-    from model.onnx_backend import OnnxSentimentModel
+    from model.onnx_backend import OnnxClassifier
+    from model_tools.export_onnx import export
 
     export(str(tiny_distilbert), tmp_path)
-    onnx_model = OnnxSentimentModel.load(tmp_path, threads=1)
-    torch_model = SentimentModel.load(tiny_distilbert, device="cpu")
+    onnx_model = OnnxClassifier.load(tmp_path, threads=1)
+    torch_model = TorchClassifier.load(tiny_distilbert, device="cpu")
     texts = ["I love you.", "I hate you.", *BATCH_MATES]
     for ours, reference in zip(onnx_model.predict(texts), torch_model.predict(texts)):
         assert [item["label"] for item in ours] == [item["label"] for item in reference]

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from common.settings import Settings
-from common.store import Store
+from common.store import Stores
 from tests.support import RedisServer, wait_until
 from web.security import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
@@ -37,9 +37,9 @@ def test_full_queue_answers_429_with_retry_after_and_ready_reports_overload(serv
     assert refused.headers["Retry-After"] == "1"
     assert refused.get_json()["error"] == "overloaded"
     # Answering from cache needs no queue room; nothing new was queued by the refusal.
-    store = Store(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
-    assert store.queued_texts() == 3
-    store.heartbeat("fake-worker", "model@x")
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    assert store.queue.queued_texts() == 3
+    store.workers.heartbeat("fake-worker", "model@x")
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.get_json()["status"] == "overloaded"
 
@@ -93,8 +93,8 @@ def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
     try:
         job = wait_until(lambda: (j := client.get(job_url).get_json())["status"] == "failed" and j, 60, "the job to expire")
         assert job == {"job_id": accepted.get_json()["job_id"], "status": "failed", "error": "expired"}
-        store = Store(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
-        assert store.recent_batches() == [] and store.queued_texts() == 0
+        store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+        assert store.workers.recent_batches() == [] and store.queue.queued_texts() == 0
     finally:
         worker.stop()
 

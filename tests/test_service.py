@@ -6,13 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from common.store import PREFIX, Store
+from common.store import Stores
+from common.store.keys import PREFIX
 from tests.support import wait_until
 
 
 @pytest.fixture
-def store(redis_client, settings) -> Store:
-    return Store(redis_client, redis_client, settings.job_ttl_s, settings.cache_ttl_s)
+def store(redis_client, settings) -> Stores:
+    return Stores.over(redis_client, redis_client, settings.job_ttl_s, settings.cache_ttl_s)
 
 
 def job_keys(redis_client) -> set[str]:
@@ -20,7 +21,7 @@ def job_keys(redis_client) -> set[str]:
 
 
 def texts_computed(store) -> int:
-    return sum(batch["texts"] for batch in store.recent_batches())
+    return sum(batch["texts"] for batch in store.workers.recent_batches())
 
 
 def post(web_url, texts, query="", timeout=60):
@@ -103,11 +104,11 @@ def test_wait_zero_answers_202_then_the_job_can_be_polled(web_url, unique):
 
 def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, store, unique):
     texts = [unique(f"concurrent sentence number {i}") for i in range(32)]
-    batches_before = len(store.recent_batches())
+    batches_before = len(store.workers.recent_batches())
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda text: post(web_url, [text]), texts))
     assert all(response.status_code == 200 for response in responses)
-    batches = store.recent_batches()[batches_before:]
+    batches = store.workers.recent_batches()[batches_before:]
     assert sum(batch["texts"] for batch in batches) == 32
     assert len(batches) <= 16, f"32 single-text requests took {len(batches)} forward passes"
     assert max(batch["jobs"] for batch in batches) > 1

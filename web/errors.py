@@ -1,6 +1,8 @@
-"""One error shape for every failure: ``{"error": code, "message": text, "details": {...}}``.
+"""The one error hierarchy: every failure answers ``{"error": code, "message": text, "details": {...}}``.
 
-API errors map to HTTP status here and nowhere else; no HTML pages, no stack traces.
+Each error class names its HTTP status and stable code; ``APIError.response`` is the only place the
+JSON shape is built, and ``register_error_handlers`` routes werkzeug's, Redis' and unexpected
+exceptions into the hierarchy. No HTML pages, no stack traces to clients.
 """
 
 import logging
@@ -10,20 +12,31 @@ import redis
 from flask import Flask, json
 from werkzeug.exceptions import HTTPException
 
+from common.jobs import JobError
+
 log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
     """Base of the errors the API answers with; subclasses set status and code."""
 
-    status = 400
-    code = "bad_request"
+    status = 500
+    code = "internal_error"
 
     def __init__(self, message: str, details: dict | None = None, headers: dict | None = None):
         super().__init__(message)
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+
+    def response(self):
+        """The JSON error response for this error."""
+        body = json.dumps({"error": self.code, "message": self.message, "details": self.details})
+        return body, self.status, {"Content-Type": "application/json", **self.headers}
+
+
+class BadRequest(APIError):
+    status, code = 400, "bad_request"
 
 
 class InvalidBody(APIError):
@@ -38,6 +51,14 @@ class NotFound(APIError):
     status, code = 404, "not_found"
 
 
+class MethodNotAllowed(APIError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(APIError):
+    status, code = 413, "payload_too_large"
+
+
 class UnsupportedMediaType(APIError):
     status, code = 415, "unsupported_media_type"
 
@@ -50,36 +71,79 @@ class Overloaded(APIError):
     status, code = 429, "overloaded"
 
 
+class RateLimited(APIError):
+    status, code = 429, "rate_limited"
+
+
+class InternalError(APIError):
+    """A bug: logged with its stack trace, answered without one."""
+
+
 class Unavailable(APIError):
+    """Redis (broker, jobs or cache) is away: the request cannot be served now, but nothing is broken."""
+
     status, code = 503, "unavailable"
 
 
-class JobFailed(APIError):
-    status = 503
+class RedisUnavailable(Unavailable):
+    """/ready: Redis does not answer."""
 
-    def __init__(self, job_id: str, reason: str):
+    code = "redis_unavailable"
+
+
+class NoWorkers(Unavailable):
+    """/ready: no worker has sent a heartbeat recently."""
+
+    code = "no_workers"
+
+
+class JobFailed(Unavailable):
+    """The request's job failed while the request waited; the code is the job's JobError."""
+
+    def __init__(self, job_id: str, reason: JobError):
         super().__init__(f"job {job_id} failed: {reason}", details={"job_id": job_id}, headers={"Retry-After": "1"})
-        self.code = reason
+        self.code = JobError(reason).value
 
 
-# Codes for errors raised by Flask/werkzeug itself (routing, size limit, rate limiter).
-HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
+class HttpError(APIError):
+    """Any other HTTP error werkzeug raises; its status is the exception's."""
+
+    status = None  # set per instance
+    code = "http_error"
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message, headers=headers)
+        self.status = status
+
+
+# werkzeug's own errors (routing, size limit, malformed requests) -> the hierarchy.
+HTTP_ERRORS: dict[int, type[APIError]] = {
+    error.status: error for error in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType, RateLimited)
 }
 
-# Redis (broker, jobs or cache) away: the request cannot be served now, but nothing is broken.
+# Exceptions that mean Redis is away rather than a bug.
 UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
 
 
-def error_response(status: int, code: str, message: str, details: dict | None = None, headers: dict | None = None):
-    """The JSON error response every failure uses."""
-    body = json.dumps({"error": code, "message": message, "details": details or {}})
-    return body, status, {"Content-Type": "application/json", **(headers or {})}
+def subclasses(cls: type) -> list[type]:
+    return [cls] + [sub for direct in cls.__subclasses__() for sub in subclasses(direct)]
+
+
+def error_codes() -> dict[str, int | None]:
+    """Every error code the API can answer, with its HTTP status (None: varies); README's error table lists them."""
+    codes = {cls.code: cls.status for cls in subclasses(APIError) if cls is not JobFailed}
+    codes.update({reason.value: JobFailed.status for reason in JobError})
+    return codes
+
+
+def from_http_exception(error: HTTPException) -> APIError:
+    """The hierarchy's error for a werkzeug exception, keeping headers such as Allow."""
+    headers = {key: value for key, value in error.get_response().headers.items() if key not in ("Content-Type", "Content-Length")}
+    message = error.description or error.name
+    error_class = HTTP_ERRORS.get(error.code)
+    if error_class is None:
+        return HttpError(error.code, message, headers)
+    return error_class(message, headers=headers)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -87,19 +151,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def api_error(error: APIError):
-        return error_response(error.status, error.code, error.message, error.details, error.headers)
+        return error.response()
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        headers = dict(error.get_response().headers)
-        headers.pop("Content-Type", None)
-        headers.pop("Content-Length", None)
-        code = HTTP_CODES.get(error.code, "http_error")
-        return error_response(error.code, code, error.description or error.name, headers=headers)
+        return from_http_exception(error).response()
 
     def unavailable(error: Exception):
         log.warning("backing store unavailable: %s", error)
-        return error_response(503, "unavailable", "the job store is unavailable; retry shortly", headers={"Retry-After": "1"})
+        return Unavailable("the job store is unavailable; retry shortly", headers={"Retry-After": "1"}).response()
 
     for error_class in UNAVAILABLE_ERRORS:
         app.register_error_handler(error_class, unavailable)
@@ -107,4 +167,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+        return InternalError("internal error").response()

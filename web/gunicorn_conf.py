@@ -18,15 +18,18 @@ if OWN_METRICS_DIR:
 
 from prometheus_client import multiprocess  # noqa: E402
 
-bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+from common.settings import Settings  # noqa: E402
+
+settings = Settings.from_env()
+bind = settings.web_bind
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_PROCESSES", len(os.sched_getaffinity(0))))
-threads = int(os.environ.get("WEB_THREADS", 32))
+workers = settings.web_processes or len(os.sched_getaffinity(0))
+threads = settings.web_threads
 # Keep-alive connections from a load balancer or client pool, and idle threads, are cheap.
 keepalive = 30
 timeout = 60
 graceful_timeout = 30
-accesslog = os.environ.get("ACCESS_LOG") or None
+accesslog = settings.access_log or None
 # Heartbeat files in memory: faster than disk, and it works under a read-only root filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 errorlog = "-"

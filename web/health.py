@@ -1,11 +1,10 @@
 """GET /health (the process is up) and GET /ready (Redis answers and a worker is consuming)."""
 
-from flask import current_app
-
-from web.errors import UNAVAILABLE_ERRORS, error_response
+from web.errors import UNAVAILABLE_ERRORS, NoWorkers, RedisUnavailable
 from web.parsing import ApiBlueprint
 from web.predict import json_response
 from web.schemas import ErrorSchema, HealthSchema, ReadySchema
+from web.services import services
 
 RETRY_AFTER = {"Retry-After": "5"}
 
@@ -28,15 +27,15 @@ def ready():
     A full queue is shared by every web pod, so answering 503 for it would take them all out of
     the Service at once and turn clean 429s into connection errors; it is reported, not failed.
     """
-    services = current_app.extensions["sentiment"]
+    stores = services().stores
     try:
-        services.store.main.ping()
-        workers = services.store.live_workers()
-        queued = services.store.queued_texts()
+        stores.main.ping()
+        workers = stores.workers.live_workers()
+        queued = stores.queue.queued_texts()
     except UNAVAILABLE_ERRORS:
-        return error_response(503, "redis_unavailable", "Redis does not answer", headers=RETRY_AFTER)
+        raise RedisUnavailable("Redis does not answer", headers=RETRY_AFTER) from None
     context = {"workers": workers, "queued_texts": queued}
     if workers == 0:
-        return error_response(503, "no_workers", "no worker has sent a heartbeat recently", context, RETRY_AFTER)
-    status = "overloaded" if queued >= services.settings.max_queued_texts else "ready"
+        raise NoWorkers("no worker has sent a heartbeat recently", context, RETRY_AFTER)
+    status = "overloaded" if queued >= services().settings.max_queued_texts else "ready"
     return json_response({"status": status, **context})

@@ -38,9 +38,9 @@ class QueueCollector:
         self.services = services
 
     def collect(self):
-        store, queue_name = self.services.store, self.services.settings.queue_name
+        stores, queue_name = self.services.stores, self.services.settings.queue_name
         try:
-            values = (store.queue_length(queue_name), store.queued_texts(), store.live_workers(), 1)
+            values = (stores.queue.celery_queue_length(queue_name), stores.queue.queued_texts(), stores.workers.live_workers(), 1)
         except Exception:  # a scrape must not fail because Redis is away; redis_up says so
             values = (float("nan"), float("nan"), float("nan"), 0)
         for (name, doc), value in zip(

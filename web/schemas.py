@@ -4,7 +4,8 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from model.labels import ID2LABEL
+from common.jobs import JobError, JobStatus
+from common.labels import ID2LABEL
 
 # C0/C1 control characters (tab, newline and carriage return are fine), Unicode bidi controls
 # (which can make text display differently from what is scored) and lone surrogates.
@@ -50,20 +51,21 @@ class PredictionsSchema(Schema):
 # Shorter deadlines are not meaningful for a queued service whose batches take up to hundreds of ms.
 MIN_DEADLINE_S = 1.0
 
-JOB_STATUSES = ["queued", "running", "done", "failed"]
-
 
 class JobAcceptedSchema(Schema):
     job_id = fields.UUID(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf([status.value for status in JobStatus]))
     status_url = fields.String(required=True, metadata={"description": "Poll this path with GET."})
 
 
 class JobStatusSchema(Schema):
     job_id = fields.UUID(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf([status.value for status in JobStatus]))
     predictions = prediction_field("Present when status is done: the request's full list, in input order.")
-    error = fields.String(metadata={"description": "Present when status is failed: expired or inference_error."})
+    error = fields.String(
+        validate=validate.OneOf([reason.value for reason in JobError]),
+        metadata={"description": f"Present when status is failed: {' or '.join(JobError)}."},
+    )
 
 
 class HealthSchema(Schema):

@@ -9,7 +9,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from web.errors import Unauthorized, error_response
+from web.errors import RateLimited, Unauthorized
 
 # Probes, scrapes and the API description stay open: they carry no scores and some callers
 # (kubelet, Prometheus, a browser loading Swagger UI's assets) cannot send a key.
@@ -47,12 +47,9 @@ def rate_limit_breached(request_limit):
     """429 in the service's error shape, with Retry-After from the limit's window."""
     reset_at = request_limit.window.reset_time
     retry_after = max(1, math.ceil(reset_at - time.time()))
-    return error_response(
-        429,
-        "rate_limited",
-        f"rate limit {request_limit.limit} exceeded; retry in {retry_after}s",
-        headers={"Retry-After": str(retry_after)},
-    )
+    return RateLimited(
+        f"rate limit {request_limit.limit} exceeded; retry in {retry_after}s", headers={"Retry-After": str(retry_after)}
+    ).response()
 
 
 def limit_rate(app: Flask, limit: str, storage_uri: str) -> Limiter:

@@ -34,8 +34,6 @@ def run_celery(app, settings, node_name: str, argv: list[str]) -> object:
                 "worker",
                 # Threads, not prefork: the batcher must see many jobs inside the one process that holds the model.
                 "--pool=threads",
-                f"--concurrency={settings.worker_concurrency}",
-                f"--queues={settings.queue_name}",
                 f"--hostname=sentiment-{node_name}",
                 "--without-mingle",
                 "--without-gossip",
@@ -66,8 +64,11 @@ def main(argv: list[str]) -> int:
             exit_code = run_celery(app, settings, runtime.name, argv)
             if shutdown_requested.is_set():
                 return 0
-            # Celery and kombu can die on a Redis restart while jobs are unacked ("Unrecoverable
-            # error" while restoring them). The model and batcher are fine: start a new consumer;
+            # Celery's consumer can end on a Redis restart while jobs are unacked: kombu's Redis
+            # transport raises out of restoring them and Celery logs "Unrecoverable error" (seen
+            # with celery/kombu 5.7.0; the neighbouring upstream report is celery/celery#9054,
+            # "worker stops consuming after Redis restart", fixed for that case by celery/kombu#2007).
+            # The model and batcher are fine, so start a new consumer instead of reloading the model;
             # the unacked jobs are redelivered after the visibility timeout.
             log.error("Celery's consumer stopped (exit %s) without a shutdown request; restarting it", exit_code)
             time.sleep(RESTART_DELAY_S)

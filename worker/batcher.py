@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from model.inference import length_sorted_batches
+from model.core import length_sorted_batches
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,14 @@ import uuid
 
 import redis
 
-from common.store import DONE, FAILED, HEARTBEAT_INTERVAL_S, store_from_settings
-from model.inference import default_threads, load_classifier
+from common.jobs import JobError
+from common.store import stores_from_settings
+from common.store.workers import HEARTBEAT_INTERVAL_S
+from model.core import default_threads, load_classifier
 from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
 
 log = logging.getLogger(__name__)
-
-# Redis may be restarting; a finished job's results are held and retried this long before giving up.
-STORE_RETRY_S = 60
 
 
 def load_model(settings):
@@ -26,19 +25,30 @@ def load_model(settings):
     return load_classifier(settings.model, settings.model_backend, settings.device, threads)
 
 
-def retry_redis(action, what: str):
-    """Run ``action`` until Redis answers or STORE_RETRY_S passes."""
-    give_up_at = time.monotonic() + STORE_RETRY_S
-    delay = 0.2
-    while True:
-        try:
-            return action()
-        except (redis.ConnectionError, redis.TimeoutError):
-            if time.monotonic() > give_up_at:
-                raise
-            log.warning("Redis unavailable while %s; retrying in %.1fs", what, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
+class RedisRetries:
+    """One job's Redis retries, all under one deadline.
+
+    Redis may be restarting, so each step of a job (read, cache, complete) is retried; the steps
+    share one deadline: the job's visibility timeout. Past it the broker hands the unacked job
+    to a worker again, so retrying longer would only race that redelivery.
+    """
+
+    def __init__(self, budget_s: float):
+        self.give_up_at = time.monotonic() + budget_s
+
+    def run(self, action, what: str):
+        """Run ``action`` until Redis answers or the job's deadline passes."""
+        delay = 0.2
+        while True:
+            try:
+                return action()
+            except (redis.ConnectionError, redis.TimeoutError):
+                left = self.give_up_at - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning("Redis unavailable while %s; retrying in %.1fs", what, min(delay, left))
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 5)
 
 
 class WorkerRuntime:
@@ -47,7 +57,7 @@ class WorkerRuntime:
     def __init__(self, settings, model):
         self.settings = settings
         self.model = model
-        self.store = store_from_settings(settings)
+        self.stores = stores_from_settings(settings)
         # Containers on one host can share a hostname (host networking) and a pid (1), so add a nonce.
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batcher = Batcher(
@@ -84,14 +94,14 @@ class WorkerRuntime:
         self.batcher.stop()
         self._heartbeat_stop.set()
         try:
-            self.store.remove_worker(self.name)
+            self.stores.workers.remove(self.name)
         except redis.RedisError:
             pass
 
     def _beat(self) -> None:
         while not self._heartbeat_stop.is_set():
             try:
-                self.store.heartbeat(self.name, self.model.identity)
+                self.stores.workers.heartbeat(self.name, self.model.identity)
             except redis.RedisError as error:
                 log.warning("heartbeat failed: %s", error)
             self._heartbeat_stop.wait(HEARTBEAT_INTERVAL_S)
@@ -100,7 +110,7 @@ class WorkerRuntime:
         for job in jobs:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - job.enqueued_at))
         try:
-            self.store.start_jobs([job.job_id for job in jobs])
+            self.stores.start_jobs([job.job_id for job in jobs])
         except redis.RedisError as error:
             # Bookkeeping only; the jobs still run and their results are stored with retries.
             log.warning("could not mark %d jobs running: %s", len(jobs), error)
@@ -110,33 +120,34 @@ class WorkerRuntime:
         metrics.BATCH_TOKENS.observe(record.padded_tokens)
         metrics.INFERENCE_SECONDS.observe(record.seconds)
         try:
-            self.store.record_batches([record.__dict__ | {"at": time.time(), "worker": self.name}])
+            self.stores.workers.record_batches([record.__dict__ | {"at": time.time(), "worker": self.name}])
         except redis.RedisError as error:
             log.warning("could not record batch: %s", error)
 
     def run_job(self, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
         """Score a job's texts in shared batches, cache them and complete the job record."""
-        status = retry_redis(lambda: self.store.job_status(job_id), "reading a job")
-        if status is None or status in (DONE, FAILED):
+        retries = RedisRetries(self.settings.visibility_timeout_s)
+        status = retries.run(lambda: self.stores.jobs.status(job_id), "reading a job")
+        if status is None or status.is_final:
             # Expired record, or a redelivery of a job another worker already finished.
             return "skipped"
         if time.time() > deadline:
-            return self._expire(job_id)
+            return self._expire(job_id, retries)
         try:
             results = self.batcher.submit(job_id, texts, deadline, enqueued_at).result()
         except DeadlineExpired:
-            return self._expire(job_id)
+            return self._expire(job_id, retries)
         except Exception:
-            retry_redis(lambda: self.store.fail_job(job_id, "inference_error"), "failing a job")
+            retries.run(lambda: self.stores.jobs.fail(job_id, JobError.INFERENCE_ERROR), "failing a job")
             metrics.JOBS.labels("failed").inc()
             raise
-        retry_redis(lambda: self.store.cache_predictions(self.model.identity, results), "caching results")
-        retry_redis(lambda: self.store.finish_job(job_id, results), "completing a job")
+        retries.run(lambda: self.stores.cache.store(self.model.identity, results), "caching results")
+        retries.run(lambda: self.stores.jobs.finish(job_id, results), "completing a job")
         metrics.JOBS.labels("done").inc()
         return "done"
 
-    def _expire(self, job_id: str) -> str:
-        retry_redis(lambda: self.store.release_queue(job_id), "releasing a job")
-        retry_redis(lambda: self.store.fail_job(job_id, "expired"), "expiring a job")
+    def _expire(self, job_id: str, retries: RedisRetries) -> str:
+        retries.run(lambda: self.stores.queue.release(job_id), "releasing a job")
+        retries.run(lambda: self.stores.jobs.fail(job_id, JobError.EXPIRED), "expiring a job")
         metrics.JOBS.labels("expired").inc()
         return "expired"

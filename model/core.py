@@ -1,39 +1,28 @@
-"""Tokenise -> infer -> post-process for any NEGATIVE/POSITIVE sequence classifier.
+"""Backend-neutral classifier core: tokenise -> infer -> post-process, batching, and the backend factory.
 
-The worker, the evaluation and the benchmark all go through this module, so a
-score measured offline is the score the service serves.
+Imports neither torch nor transformers, so the batcher and tools that only group texts stay light.
+The worker, the evaluation and the benchmark all go through ``TextClassifier``, so a score
+measured offline is the score the service serves. Each backend module holds one forward pass.
 """
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from transformers.utils import logging as transformers_logging
-
-from model import BUNDLED_MODEL_DIR
-from model.labels import ID2LABEL, NEGATIVE, POSITIVE
+from common.labels import ID2LABEL, NEGATIVE, POSITIVE
 
 # One text's answer: both labels, highest score first.
 Prediction = list[dict[str, float | str]]
 
+# Backend name -> "module:class", imported only when chosen, so torch loads only for the torch backend.
+BACKENDS = {"torch": "model.torch_backend:TorchClassifier", "onnx": "model.onnx_backend:OnnxClassifier"}
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded or does not have the NEGATIVE/POSITIVE label set."""
-
-
-def resolve_device(requested: str) -> str:
-    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; check explicit choices."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("DEVICE=cuda was asked for, but torch sees no CUDA device")
-    if requested not in ("cpu", "cuda"):
-        raise ModelLoadError(f"unknown device {requested!r}; use auto, cpu or cuda")
-    return requested
 
 
 def label_order(id2label: dict) -> list[str]:
@@ -76,6 +65,11 @@ def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: in
     if current:
         batches.append(current)
     return batches
+
+
+def config_digest(config) -> "hashlib._Hash":
+    """A running hash seeded with the model config, to which each backend adds its weights."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
 
 
 class TextClassifier:
@@ -121,49 +115,6 @@ class TextClassifier:
         return predictions
 
 
-def config_digest(config) -> "hashlib._Hash":
-    """A running hash seeded with the model config, to which weights are added."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-
-
-class SentimentModel(TextClassifier):
-    """A transformers sequence-classification model run with torch."""
-
-    def __init__(self, model, tokenizer, name: str, device: str):
-        self.model = model.eval()
-        digest = config_digest(model.config)
-        for key, tensor in sorted(model.state_dict().items()):
-            # Every weight counts, so a changed model never reads another model's cache.
-            digest.update(key.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        positions = getattr(model.config, "max_position_embeddings", None)
-        super().__init__(tokenizer, model.config.id2label, positions, name, device, digest.hexdigest())
-
-    @classmethod
-    def load(cls, source: str | Path = BUNDLED_MODEL_DIR, device: str = "auto", threads: int | None = None):
-        """Load a local model folder or a hub id, computing in float32 whatever dtype it was stored in."""
-        if threads:
-            torch.set_num_threads(threads)
-        transformers_logging.disable_progress_bar()
-        resolved = resolve_device(device)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-            # transformers 5 keeps the stored dtype; fp16 matmuls are slow on CPU, so compute in fp32.
-            model = AutoModelForSequenceClassification.from_pretrained(str(source), dtype=torch.float32)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"cannot load model {source!r}: {error}") from error
-        return cls(model.to(resolved), tokenizer, str(source), resolved)
-
-    def infer(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        input_ids, attention_mask = pad_batch(token_ids, self.pad_id)
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=torch.tensor(input_ids, device=self.device),
-                attention_mask=torch.tensor(attention_mask, device=self.device),
-            ).logits
-            return torch.softmax(logits.float(), dim=-1).cpu().tolist()
-
-
 def default_threads() -> int:
     """Use every CPU this process may run on."""
     return len(os.sched_getaffinity(0))
@@ -172,11 +123,9 @@ def default_threads() -> int:
 def load_classifier(
     source: str | Path, backend: str = "torch", device: str = "auto", threads: int | None = None
 ) -> TextClassifier:
-    """Load ``source`` with the torch or the ONNX Runtime backend; raises ModelLoadError."""
-    if backend == "onnx":
-        from model.onnx_backend import OnnxSentimentModel  # imports this module, so not at the top
-
-        return OnnxSentimentModel.load(source, device=device, threads=threads)
-    if backend != "torch":
-        raise ModelLoadError(f"unknown backend {backend!r}; use torch or onnx")
-    return SentimentModel.load(source, device=device, threads=threads)
+    """Load ``source`` with the named backend (torch or onnx); raises ModelLoadError."""
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[backend].split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class.load(source, device=device, threads=threads)

@@ -1,6 +1,6 @@
 """Fine-tune a pretrained encoder as a NEGATIVE/POSITIVE classifier on GLUE SST-2 train.
 
-python -m model.train --data ../shared/data/sst2 --output model/sst2-minilm-l6
+python -m model_tools.train --data ../shared/data/sst2 --output model/sst2-minilm-l6
 """
 
 import argparse
@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-from model.inference import SentimentModel, default_threads
-from model.labels import ID2LABEL, LABEL2ID
-from model.sst2 import read_split
+from common.labels import ID2LABEL, LABEL2ID
+from model.core import default_threads
+from model.torch_backend import TorchClassifier
+from model_tools.sst2 import read_split
 
 
 def packaged_minilm_dir() -> Path:
@@ -40,7 +41,7 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, po
 def evaluate_accuracy(model, tokenizer, examples, device: str) -> float:
     """Dev accuracy of the model being trained, through the serving code path."""
     model.eval()
-    served = SentimentModel(model, tokenizer, "training", device)
+    served = TorchClassifier(model, tokenizer, "training", device)
     predictions = served.predict([example.sentence for example in examples])
     model.train()
     correct = sum(pred[0]["label"] == ID2LABEL[example.label] for pred, example in zip(predictions, examples))

@@ -1,15 +1,15 @@
 """SST-2 dev accuracy and confusion matrix of any model folder or hub id.
 
-python -m model.evaluate --data ../shared/data/sst2 [--model model/sst2-minilm-l6] [--backend onnx]
+python -m model_tools.evaluate --data ../shared/data/sst2 [--model model/sst2-minilm-l6] [--backend onnx]
 """
 
 import argparse
 import time
 
+from common.labels import ID2LABEL, NEGATIVE, POSITIVE
 from model import BUNDLED_MODEL_DIR
-from model.inference import load_classifier
-from model.labels import ID2LABEL, NEGATIVE, POSITIVE
-from model.sst2 import read_split
+from model.core import load_classifier
+from model_tools.sst2 import read_split
 
 
 def confusion_matrix(gold: list[str], predicted: list[str]) -> dict[tuple[str, str], int]:

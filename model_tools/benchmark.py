@@ -1,6 +1,6 @@
 """Model-level throughput: sentences/s and per-batch latency on SST-2 dev sentences.
 
-    python -m model.benchmark --data ../shared/data/sst2 [--batch-sizes 1 8 32 64] [--device cuda] [--backend onnx]
+    python -m model_tools.benchmark --data ../shared/data/sst2 [--batch-sizes 1 8 32 64] [--device cuda] [--backend onnx]
 
 Each batch size runs twice: length-sorted (as the worker batches) and in the file's order.
 """
@@ -10,8 +10,8 @@ import statistics
 import time
 
 from model import BUNDLED_MODEL_DIR
-from model.inference import default_threads, length_sorted_batches, load_classifier
-from model.sst2 import read_split
+from model.core import default_threads, length_sorted_batches, load_classifier
+from model_tools.sst2 import read_split
 
 
 def run(model, token_ids: list[list[int]], batch_size: int, sort_by_length: bool) -> dict:

@@ -1,6 +1,6 @@
 """Export a sequence-classification model to ONNX (fp32) for MODEL_BACKEND=onnx.
 
-python -m model.export_onnx [--model model/sst2-minilm-l6] --output build/onnx-sst2-minilm-l6
+python -m model_tools.export_onnx [--model model/sst2-minilm-l6] --output build/onnx-sst2-minilm-l6
 """
 
 import argparse

@@ -1,0 +1,62 @@
+"""Redis state shared by web and workers, one module per concern (keys in ``common.store.keys``).
+
+- ``cache``:        predictions by model identity and text (CACHE_REDIS_URL, may be its own server)
+- ``jobs``:         job records and the done lists that wake waiting requests
+- ``backpressure``: the queued-text budget behind 429 overloaded
+- ``workers``:      heartbeats, the served model's identity, recent batch records
+"""
+
+from dataclasses import dataclass
+
+import redis
+
+from common.store.backpressure import QueueBudget
+from common.store.cache import PredictionCache
+from common.store.jobs import JobRecord, JobRecords
+from common.store.workers import WorkerRegistry
+
+__all__ = ["JobRecord", "Stores", "connect", "stores_from_settings"]
+
+
+def connect(url: str, socket_timeout: float | None = 5.0) -> redis.Redis:
+    """A Redis client that fails fast when the server is away, rather than hanging a request."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=socket_timeout, health_check_interval=30, decode_responses=True
+    )
+
+
+@dataclass(frozen=True)
+class Stores:
+    """One process's view of Redis: the main server (broker, jobs, bookkeeping) and the cache."""
+
+    main: redis.Redis
+    cache: PredictionCache
+    jobs: JobRecords
+    queue: QueueBudget
+    workers: WorkerRegistry
+
+    @classmethod
+    def over(cls, main: redis.Redis, cache: redis.Redis | None = None, job_ttl_s: int = 3600, cache_ttl_s: int = 3600):
+        """Stores on these clients; ``cache`` defaults to ``main``."""
+        return cls(
+            main=main,
+            cache=PredictionCache(cache or main, cache_ttl_s),
+            jobs=JobRecords(main, job_ttl_s),
+            queue=QueueBudget(main),
+            workers=WorkerRegistry(main),
+        )
+
+    def start_jobs(self, job_ids: list[str]) -> None:
+        """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip."""
+        pipe = self.main.pipeline(transaction=False)
+        for job_id in job_ids:
+            self.queue.release(job_id, pipe)
+            self.jobs.mark_running(job_id, pipe)
+        pipe.execute()
+
+
+def stores_from_settings(settings) -> Stores:
+    """Build the Stores for these settings."""
+    main = connect(settings.redis_url)
+    cache = main if settings.cache_url == settings.redis_url else connect(settings.cache_url)
+    return Stores.over(main, cache, settings.job_ttl_s, settings.cache_ttl_s)

@@ -1,0 +1,58 @@
+"""The queued-text budget: POST answers 429 once the texts waiting for a batch would pass the bound.
+
+Each job reserves its uncached texts when it is enqueued and releases them once, when its batch
+starts, when it expires, or when it never got enqueued.
+"""
+
+import redis
+
+from common.store.keys import QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY
+
+# Reserve room for a job's texts only while the queue stays under its bound; -1 means full.
+_RESERVE_SCRIPT = """
+local reservations, queued_total = KEYS[1], KEYS[2]
+local job_id, texts, max_queued_texts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local queued = tonumber(redis.call('GET', queued_total) or '0')
+if queued + texts > max_queued_texts then return -1 end
+if redis.call('HSETNX', reservations, job_id, texts) == 1 then
+  return redis.call('INCRBY', queued_total, texts)
+end
+return queued
+"""
+
+# Release a job's reservation once; redelivered or repeated releases change nothing.
+_RELEASE_SCRIPT = """
+local reservations, queued_total = KEYS[1], KEYS[2]
+local job_id = ARGV[1]
+local texts = redis.call('HGET', reservations, job_id)
+if not texts then return 0 end
+redis.call('HDEL', reservations, job_id)
+local left = redis.call('DECRBY', queued_total, texts)
+if left < 0 then redis.call('SET', queued_total, 0) end
+return tonumber(texts)
+"""
+
+
+class QueueBudget:
+    """Counts the texts of jobs that are queued but not yet in a batch."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._reserve = client.register_script(_RESERVE_SCRIPT)
+        self._release = client.register_script(_RELEASE_SCRIPT)
+
+    def reserve(self, job_id: str, texts: int, max_queued_texts: int) -> bool:
+        """Count a job's texts as queued unless that would pass the bound."""
+        return int(self._reserve(keys=[QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], args=[job_id, texts, max_queued_texts])) >= 0
+
+    def release(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
+        """Stop counting a job's texts as queued; with ``pipeline``, only queue the command there."""
+        self._release(keys=[QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], args=[job_id], client=pipeline or self.client)
+
+    def queued_texts(self) -> int:
+        """Texts waiting for a batch."""
+        return int(self.client.get(QUEUED_TEXTS_KEY) or 0)
+
+    def celery_queue_length(self, queue_name: str) -> int:
+        """Jobs waiting in the Celery queue (a Redis list), not counting ones a worker has reserved."""
+        return int(self.client.llen(queue_name))

@@ -1,0 +1,30 @@
+"""The prediction cache: one key per (model identity, text), so a new model never reads old scores."""
+
+import json
+from collections.abc import Sequence
+
+import redis
+
+from common.store.keys import cache_key
+
+
+class PredictionCache:
+    """Cached predictions in the cache Redis (which may be a separate, evicting server)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int):
+        self.client = client
+        self.ttl_s = ttl_s
+
+    def lookup(self, model_identity: str, texts: Sequence[str]) -> list[list | None]:
+        """Cached prediction of each text, or None where it is not cached."""
+        if not texts:
+            return []
+        values = self.client.mget([cache_key(model_identity, text) for text in texts])
+        return [json.loads(value) if value is not None else None for value in values]
+
+    def store(self, model_identity: str, predictions: dict[str, list]) -> None:
+        """Cache each text's prediction with the cache TTL."""
+        pipe = self.client.pipeline(transaction=False)
+        for text, prediction in predictions.items():
+            pipe.set(cache_key(model_identity, text), json.dumps(prediction), ex=self.ttl_s)
+        pipe.execute()

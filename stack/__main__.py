@@ -1,0 +1,126 @@
+"""Run the whole service on this machine: ``python -m stack`` (what ``make run`` does).
+
+Starts redis-server (unless REDIS_URL is set), one worker and gunicorn on loopback, waits until
+/ready answers, then runs until Ctrl-C or SIGTERM stops it all, or until one process exits.
+
+- PORT: the web port, 8000 by default.
+- REDIS_PORT: Redis's port; by default 6379, or a free port when something (often the system's
+  own Redis) already listens there.
+- Every other variable passes through to the worker and gunicorn (MODEL, TORCH_THREADS, ...).
+
+Worker and web output reaches the terminal, each line prefixed with its process, and a log file.
+"""
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+
+from stack.processes import (
+    LOOPBACK,
+    ChildProcess,
+    RedisServer,
+    StartupError,
+    exited_during_startup,
+    free_port,
+    http_status,
+    port_is_free,
+    wait_until,
+)
+
+DEFAULT_WEB_PORT = 8000
+DEFAULT_REDIS_PORT = 6379
+# The model load alone takes 10-20 s; a cold disk and first imports of torch can take several times that.
+READY_TIMEOUT_S = 180
+# How often the launcher checks that its processes are still running once the service is up.
+WATCH_INTERVAL_S = 0.5
+
+
+def say(message: str, stream=None) -> None:
+    """Print a launcher message to stdout (or ``stream``), flushed."""
+    # Flushed: the children's output is copied to stdout's buffer directly, from other threads.
+    print(message, file=stream or sys.stdout, flush=True)
+
+
+def choose_redis_port(environ: Mapping[str, str]) -> int:
+    """REDIS_PORT when given; else 6379 when free; else any free port, rather than dying beside a system Redis."""
+    if environ.get("REDIS_PORT"):
+        return int(environ["REDIS_PORT"])
+    if port_is_free(DEFAULT_REDIS_PORT):
+        return DEFAULT_REDIS_PORT
+    port = free_port()
+    say(f"port {DEFAULT_REDIS_PORT} is taken (a system Redis?), so this stack's redis-server uses port {port}")
+    return port
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """Treat SIGTERM like Ctrl-C: stop everything in order."""
+    raise KeyboardInterrupt
+
+
+def run(environ: Mapping[str, str]) -> int:
+    """Start the stack, wait until it is ready, and watch it; return the exit status."""
+    web_port = int(environ.get("PORT") or DEFAULT_WEB_PORT)
+    ready_url = f"http://{LOOPBACK}:{web_port}/ready"
+    env = {"PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
+    processes: list[RedisServer | ChildProcess] = []
+    healthy_stop = False
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        if not environ.get("REDIS_URL"):
+            redis_server = RedisServer(choose_redis_port(environ), appendfsync="everysec")
+            processes.append(redis_server)
+            redis_server.start()
+            env["REDIS_URL"] = redis_server.url
+            say(f"redis-server on {LOOPBACK}:{redis_server.port} (log: {redis_server.log_path})")
+        processes.append(ChildProcess("worker", [sys.executable, "-m", "worker"], env, echo=True))
+        processes.append(
+            ChildProcess(
+                "web", [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"], env, echo=True
+            )
+        )
+
+        def ready() -> bool:
+            for process in processes:
+                if not process.alive():
+                    raise exited_during_startup(process)
+            return http_status(ready_url) == 200
+
+        wait_until(ready, READY_TIMEOUT_S, f"{ready_url} to answer 200", interval_s=0.2)
+        say(f"\nSentiment Score API: http://{LOOPBACK}:{web_port}  (docs: http://{LOOPBACK}:{web_port}/docs; Ctrl-C stops)\n")
+        while all(process.alive() for process in processes):
+            time.sleep(WATCH_INTERVAL_S)
+        exited = next(process for process in processes if not process.alive())
+        say(
+            f"{exited.name} exited with code {exited.process.returncode}; stopping the rest."
+            f" Last lines of its log ({exited.log_path}):\n{exited.tail()}",
+            sys.stderr,
+        )
+        return 1
+    except StartupError as error:
+        say(str(error), sys.stderr)
+        return 1
+    except TimeoutError as error:
+        say(f"{error}; last lines of the logs:", sys.stderr)
+        for process in processes:
+            say(f"--- {process.name} ({process.log_path}):\n{process.tail()}", sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        healthy_stop = all(process.alive() for process in processes)
+        return 0
+    finally:
+        # A second Ctrl-C must not cut the orderly stop short: web first, then the worker, Redis last.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("stopping...")
+        for process in reversed(processes):
+            # Logs of a failed run stay, for a closer look; a run stopped while healthy leaves nothing behind.
+            if healthy_stop:
+                process.close()
+            else:
+                process.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(run(os.environ))

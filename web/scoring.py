@@ -1,0 +1,98 @@
+"""The job protocol behind POST /predict, free of HTTP: cache first, else a job the request waits on.
+
+``score`` looks the texts up in the cache; if any is missing it reserves room in the queue, stores
+a job record, sends the Celery task (rolling the reservation back if that fails) and waits up to
+the bound. It answers one of the typed outcomes below; ``web.predict`` maps them to HTTP.
+"""
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from common.celery_app import PREDICT_TASK
+from common.jobs import JobError, JobStatus, new_job_id
+from web import metrics
+from web.errors import UNAVAILABLE_ERRORS
+from web.services import Services
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Every text has its prediction, from the cache or from a job that ended in time."""
+
+    predictions: list
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The job is still queued or running; the client polls it."""
+
+    job_id: str
+    status: JobStatus
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed (expired, or inference broke) while the request waited."""
+
+    job_id: str
+    reason: JobError
+
+
+@dataclass(frozen=True)
+class QueueFull:
+    """Queued texts plus this request's would pass MAX_QUEUED_TEXTS; nothing was enqueued."""
+
+    max_queued_texts: int
+
+
+Outcome = Scored | Pending | Failed | QueueFull
+
+
+def score(services: Services, texts: list[str], wait_s: float | None, deadline_s: float | None) -> Outcome:
+    """Answer from the cache, or enqueue the missing texts and wait up to ``wait_s`` (default SYNC_WAIT_S)."""
+    if not texts:
+        return Scored([])
+    settings = services.settings
+    model_identity = services.model_identity()
+    known = services.stores.cache.lookup(model_identity, texts) if model_identity else [None] * len(texts)
+    hits = sum(prediction is not None for prediction in known)
+    metrics.CACHE_LOOKUPS.labels("hit").inc(hits)
+    metrics.CACHE_LOOKUPS.labels("miss").inc(len(texts) - hits)
+    if hits == len(texts):
+        metrics.ANSWERS.labels("cached").inc()
+        return Scored(known)
+
+    job_id = enqueue_job(services, texts, known, deadline_s)
+    if job_id is None:
+        return QueueFull(settings.max_queued_texts)
+    started = time.perf_counter()
+    record = services.stores.jobs.wait(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
+    metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
+    if record is not None and record.status == JobStatus.DONE:
+        metrics.ANSWERS.labels("sync").inc()
+        return Scored(record.predictions)
+    if record is not None and record.status == JobStatus.FAILED:
+        metrics.ANSWERS.labels("failed").inc()
+        return Failed(job_id, record.error)
+    metrics.ANSWERS.labels("async").inc()
+    return Pending(job_id, record.status if record else JobStatus.QUEUED)
+
+
+def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> str | None:
+    """Record a job for the request and queue its distinct uncached texts; None when the queue is full."""
+    settings = services.settings
+    missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
+    job_id = new_job_id()
+    if not services.stores.queue.reserve(job_id, len(missing), settings.max_queued_texts):
+        return None
+    now = time.time()
+    deadline = now + (deadline_s or settings.job_deadline_s)
+    try:
+        services.stores.jobs.create(job_id, texts, known, deadline)
+        services.celery.send_task(PREDICT_TASK, args=[job_id, missing, deadline, now])
+    except Exception:
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            services.stores.queue.release(job_id)
+        raise
+    return job_id
