@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import requests
 
 ERROR_KEYS = {"error", "message", "details"}
 
@@ -84,6 +85,34 @@ def test_body_over_the_size_limit_is_413(client, settings):
     assert_error(post_raw(client, b"x" * (10 * 1024 * 1024)), 413, "payload_too_large")
 
 
+def test_413_names_the_limit(client, settings):
+    body = assert_error(post_raw(client, b"x" * (settings.max_body_bytes + 1)), 413, "payload_too_large")
+    assert str(settings.max_body_bytes) in body["message"]
+    assert body["details"] == {"limit_bytes": settings.max_body_bytes}
+
+
+def post_chunked(web_url: str, body: bytes) -> requests.Response:
+    """POST ``body`` with Transfer-Encoding: chunked (no Content-Length), as streaming clients do."""
+    chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
+    return requests.post(f"{web_url}/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+@pytest.mark.parametrize("megabytes", [1, 10])
+def test_oversized_chunked_body_is_413_not_a_truncated_400(web_url, settings, megabytes):
+    """Through gunicorn: werkzeug alone would cut a chunked body at the limit and report broken JSON."""
+    body = json.dumps({"text": ["a" * 1000] * (megabytes * 1100)}).encode()
+    assert len(body) > settings.max_body_bytes
+    response = post_chunked(web_url, body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"
+    assert str(settings.max_body_bytes) in response.json()["message"]
+
+
+def test_chunked_body_under_the_limit_is_parsed(web_url):
+    response = post_chunked(web_url, json.dumps({"text": []}).encode())
+    assert response.status_code == 200 and response.json() == {"predictions": []}
+
+
 def test_wrong_method_is_405(client):
     for response in (client.get("/predict"), client.put("/predict", json={"text": []}), client.delete("/jobs/x")):
         assert_error(response, 405, "method_not_allowed")
@@ -118,6 +147,12 @@ def test_openapi_documents_every_endpoint_and_error_shape(client):
     assert {"200", "202", "400", "413", "415", "422", "429", "503"} <= set(predict["responses"])
     assert {parameter["name"] for parameter in predict["parameters"]} == {"wait", "deadline"}
     assert set(spec["components"]["schemas"]["Error"]["required"]) == ERROR_KEYS
+
+
+def test_openapi_declares_the_api_key_scheme(client):
+    """Swagger UI's Authorize button can then send X-API-Key."""
+    spec = client.get("/openapi.json").get_json()
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
 
 
 def test_docs_are_served_without_a_cdn(client):

@@ -36,6 +36,8 @@ def test_full_queue_answers_429_with_retry_after_and_ready_reports_overload(serv
     assert refused.status_code == 429
     assert refused.headers["Retry-After"] == "1"
     assert refused.get_json()["error"] == "overloaded"
+    # The rule is queued + new > MAX_QUEUED_TEXTS: 3 queued + 1 new passes 3.
+    assert "this request's 1 would pass MAX_QUEUED_TEXTS (3)" in refused.get_json()["message"]
     # Answering from cache needs no queue room; nothing new was queued by the refusal.
     store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
     assert store.queue.queued_texts() == 3
@@ -120,7 +122,9 @@ def test_api_keys_when_on(service_env):
     assert client.post("/predict", json={"text": []}, headers={"X-API-Key": "s3cret"}).status_code == 200
     assert client.get("/jobs/x").status_code == 401
     assert client.get("/health").status_code == 200
-    assert client.get("/openapi.json").status_code == 200
+    spec = client.get("/openapi.json").get_json()
+    assert spec["paths"]["/predict"]["post"]["security"] == [{"ApiKey": []}]
+    assert spec["paths"]["/jobs/{job_id}"]["get"]["security"] == [{"ApiKey": []}]
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(web_url, tmp_path):

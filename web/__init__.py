@@ -10,7 +10,7 @@ from web import health, metrics
 from web.errors import register_error_handlers
 from web.predict import create_predict_blueprint
 from web.schemas import ErrorSchema
-from web.security import limit_rate, require_api_keys
+from web.security import API_KEY_HEADER, API_KEY_SCHEME, limit_rate, require_api_keys
 from web.services import Services
 
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.install(app)
 
     api = ServiceApi(app)
+    api.spec.components.security_scheme(API_KEY_SCHEME, {"type": "apiKey", "in": "header", "name": API_KEY_HEADER})
     api.register_blueprint(create_predict_blueprint(settings))
     api.register_blueprint(health.blp)
     register_error_handlers(app)

@@ -9,8 +9,8 @@ import logging
 
 import kombu.exceptions
 import redis
-from flask import Flask, json
-from werkzeug.exceptions import HTTPException
+from flask import Flask, json, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.jobs import JobError
 
@@ -57,6 +57,13 @@ class MethodNotAllowed(APIError):
 
 class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
+
+    @classmethod
+    def over(cls, limit_bytes: int) -> "PayloadTooLarge":
+        """The 413 for a body over ``limit_bytes``, whether it came with a Content-Length or chunked."""
+        return cls(
+            f"request body is over the limit of {limit_bytes} bytes (MAX_BODY_BYTES)", details={"limit_bytes": limit_bytes}
+        )
 
 
 class UnsupportedMediaType(APIError):
@@ -139,6 +146,8 @@ def error_codes() -> dict[str, int | None]:
 def from_http_exception(error: HTTPException) -> APIError:
     """The hierarchy's error for a werkzeug exception, keeping headers such as Allow."""
     headers = {key: value for key, value in error.get_response().headers.items() if key not in ("Content-Type", "Content-Length")}
+    if isinstance(error, RequestEntityTooLarge) and request.max_content_length is not None:
+        return PayloadTooLarge.over(request.max_content_length)
     message = error.description or error.name
     error_class = HTTP_ERRORS.get(error.code)
     if error_class is None:

@@ -5,7 +5,18 @@ import json
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
 
-from web.errors import InvalidBody, UnsupportedMediaType, ValidationFailed
+from web.errors import InvalidBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+
+def body_was_cut_at_the_limit(req, raw: bytes) -> bool:
+    """Whether a chunked body (no Content-Length) went on past MAX_CONTENT_LENGTH.
+
+    werkzeug stops reading such a body at the limit without a word, which would turn an
+    oversized body into a confusing "not valid JSON"; one more byte from the server's own
+    stream tells a body of exactly the limit from a longer one.
+    """
+    limit = req.max_content_length
+    return req.content_length is None and limit is not None and len(raw) >= limit and bool(req.environ["wsgi.input"].read(1))
 
 
 class StrictParser(FlaskParser):
@@ -14,7 +25,9 @@ class StrictParser(FlaskParser):
     def _raw_load_json(self, req):
         if req.mimetype != "application/json":
             raise UnsupportedMediaType(f"Content-Type must be application/json, not {req.mimetype or 'missing'}")
-        raw = req.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+        raw = req.get_data(cache=True)  # werkzeug answers 413 here for a Content-Length over MAX_CONTENT_LENGTH
+        if body_was_cut_at_the_limit(req, raw):
+            raise PayloadTooLarge.over(req.max_content_length)
         if not raw:
             raise InvalidBody("request body is empty")
         try:

@@ -8,6 +8,7 @@ from web.errors import JobFailed, NotFound, Overloaded
 from web.parsing import ApiBlueprint
 from web.schemas import ErrorSchema, JobAcceptedSchema, JobStatusSchema, PredictionsSchema, predict_schemas
 from web.scoring import Failed, Pending, QueueFull, Scored, score
+from web.security import API_KEY_SCHEME
 from web.services import services
 
 LOCATION_HEADER = {"Location": {"description": "Path of the job to poll.", "schema": {"type": "string"}}}
@@ -35,9 +36,11 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     blp = ApiBlueprint("predict", __name__, description="Sentiment scores, answered from cache or from a job.")
     request_schema, query_schema = predict_schemas(settings)
     error = {"schema": ErrorSchema}
+    # With keys on, Swagger UI's "Try it out" must send X-API-Key (scheme declared in create_app).
+    needs_key = {"security": [{API_KEY_SCHEME: []}]} if settings.api_keys_enabled else {}
 
     @blp.route("/predict", methods=["POST"])
-    @blp.doc(responses={"202": {"links": {"GetJob": JOB_LINK}}})
+    @blp.doc(responses={"202": {"links": {"GetJob": JOB_LINK}}}, **needs_key)
     @blp.arguments(query_schema, location="query", as_kwargs=True)
     @blp.arguments(request_schema, location="json")
     @blp.alt_response(200, schema=PredictionsSchema, description="Every text scored.", success=True)
@@ -62,11 +65,14 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
                 )
             case Failed(job_id, reason):
                 raise JobFailed(job_id, reason)
-            case QueueFull(max_queued_texts):
-                raise Overloaded(f"queue holds more than {max_queued_texts} texts; retry later", headers={"Retry-After": "1"})
+            case QueueFull(new_texts, max_queued_texts):
+                raise Overloaded(
+                    f"queued texts plus this request's {new_texts} would pass MAX_QUEUED_TEXTS ({max_queued_texts}); retry later",
+                    headers={"Retry-After": "1"},
+                )
 
     @blp.route("/jobs/<job_id>", methods=["GET"])
-    @blp.doc(operationId="get_jobs_job_id")
+    @blp.doc(operationId="get_jobs_job_id", **needs_key)
     @blp.alt_response(200, schema=JobStatusSchema, description="The job's status, and its predictions when done.", success=True)
     @blp.alt_response(404, description="Unknown or expired job.", **error)
     @blp.alt_response(503, headers=RETRY_AFTER_HEADER, description="Redis unavailable.", **error)

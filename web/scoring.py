@@ -41,8 +41,9 @@ class Failed:
 
 @dataclass(frozen=True)
 class QueueFull:
-    """Queued texts plus this request's would pass MAX_QUEUED_TEXTS; nothing was enqueued."""
+    """Texts already queued plus this request's new ones would pass MAX_QUEUED_TEXTS; nothing was enqueued."""
 
+    new_texts: int
     max_queued_texts: int
 
 
@@ -64,8 +65,8 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
         return Scored(known)
 
     job_id = enqueue_job(services, texts, known, deadline_s)
-    if job_id is None:
-        return QueueFull(settings.max_queued_texts)
+    if isinstance(job_id, QueueFull):
+        return job_id
     started = time.perf_counter()
     record = services.stores.jobs.wait(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
@@ -79,13 +80,13 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
     return Pending(job_id, record.status if record else JobStatus.QUEUED)
 
 
-def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> str | None:
-    """Record a job for the request and queue its distinct uncached texts; None when the queue is full."""
+def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> str | QueueFull:
+    """Record a job for the request and queue its distinct uncached texts; its id, or QueueFull."""
     settings = services.settings
     missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
     job_id = new_job_id()
     if not services.stores.queue.reserve(job_id, len(missing), settings.max_queued_texts):
-        return None
+        return QueueFull(len(missing), settings.max_queued_texts)
     now = time.time()
     deadline = now + (deadline_s or settings.job_deadline_s)
     try:

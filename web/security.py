@@ -14,6 +14,9 @@ from web.errors import RateLimited, Unauthorized
 # Probes, scrapes and the API description stay open: they carry no scores and some callers
 # (kubelet, Prometheus, a browser loading Swagger UI's assets) cannot send a key.
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/openapi.json", "/docs")
+API_KEY_HEADER = "X-API-Key"
+# The OpenAPI security scheme for that header, so Swagger UI's Authorize button can send it.
+API_KEY_SCHEME = "ApiKey"
 
 
 def hash_api_key(key: str) -> str:
@@ -33,7 +36,7 @@ def require_api_keys(app: Flask, key_hashes: str) -> None:
     def check_api_key():
         if is_open_path(request.path):
             return None
-        presented = hash_api_key(request.headers.get("X-API-Key", ""))
+        presented = hash_api_key(request.headers.get(API_KEY_HEADER, ""))
         # Compare against every stored digest, so timing does not reveal which one matched.
         valid = False
         for digest in accepted:
