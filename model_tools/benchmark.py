@@ -9,8 +9,8 @@ import argparse
 import statistics
 import time
 
-from model import BUNDLED_MODEL_DIR
-from model.core import default_threads, length_sorted_batches, load_classifier
+from model.core import default_threads, length_sorted_batches
+from model_tools import load_or_exit
 from model_tools.sst2 import read_split
 
 
@@ -42,7 +42,9 @@ def run(model, token_ids: list[list[int]], batch_size: int, sort_by_length: bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
-    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
+    parser.add_argument(
+        "--model", help="model folder or hub id; default: the bundled model, or its ONNX export (make export-onnx) for onnx"
+    )
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="score the dev set this many times per setting")
     args = parser.parse_args()
 
-    model = load_classifier(args.model, args.backend, args.device, args.threads)
+    model = load_or_exit(args.model, args.backend, args.device, args.threads)
     sentences = [example.sentence for example in read_split(args.data, "dev")] * args.repeat
     token_ids = model.encode(sentences)
     print(

@@ -7,8 +7,7 @@ import argparse
 import time
 
 from common.labels import ID2LABEL, NEGATIVE, POSITIVE
-from model import BUNDLED_MODEL_DIR
-from model.core import load_classifier
+from model_tools import load_or_exit
 from model_tools.sst2 import read_split
 
 
@@ -23,7 +22,9 @@ def confusion_matrix(gold: list[str], predicted: list[str]) -> dict[tuple[str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
-    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR), help="model folder or hub id")
+    parser.add_argument(
+        "--model", help="model folder or hub id; default: the bundled model, or its ONNX export (make export-onnx) for onnx"
+    )
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -33,7 +34,7 @@ def main() -> None:
     examples = read_split(args.data, "dev")
     if args.limit:
         examples = examples[: args.limit]
-    model = load_classifier(args.model, args.backend, args.device, args.threads)
+    model = load_or_exit(args.model, args.backend, args.device, args.threads)
     started = time.perf_counter()
     predictions = model.predict([example.sentence for example in examples])
     seconds = time.perf_counter() - started
@@ -42,7 +43,7 @@ def main() -> None:
     correct = sum(g == p for g, p in zip(gold, predicted))
     matrix = confusion_matrix(gold, predicted)
 
-    print(f"model: {args.model} ({model.identity}, backend {args.backend}, device {model.device})")
+    print(f"model: {model.name} ({model.identity}, backend {args.backend}, device {model.device})")
     print(f"SST-2 dev sentences: {len(examples)}, scored in {seconds:.1f}s")
     print(f"accuracy: {correct / len(examples):.4f} ({correct}/{len(examples)})")
     print("confusion matrix (rows gold, columns predicted):")

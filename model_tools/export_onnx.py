@@ -1,9 +1,10 @@
 """Export a sequence-classification model to ONNX (fp32) for MODEL_BACKEND=onnx.
 
-python -m model_tools.export_onnx [--model model/sst2-minilm-l6] --output build/onnx-sst2-minilm-l6
+python -m model_tools.export_onnx [--model model/sst2-minilm-l6] [--output build/onnx-sst2-minilm-l6]
 """
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model import BUNDLED_MODEL_DIR
 from model.onnx_backend import ONNX_FILE
+from model_tools import EXPORTED_ONNX_DIR
 
 
 class LogitsOnly(torch.nn.Module):
@@ -54,8 +56,13 @@ def export(source: str, output: Path, opset: int = 18) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR), help="model folder or hub id")
-    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--output", type=Path, default=EXPORTED_ONNX_DIR, help=f"folder to write (default {EXPORTED_ONNX_DIR})")
     args = parser.parse_args()
+    if importlib.util.find_spec("onnxscript") is None:
+        raise SystemExit(
+            "error: exporting to ONNX needs onnxscript, a development dependency: run make export-onnx,"
+            " or make install-dev and then this command with .venv/bin/python"
+        )
     print(f"wrote {export(args.model, args.output)}")
 
 
