@@ -11,6 +11,7 @@ Starts redis-server (unless REDIS_URL is set), one worker and gunicorn on loopba
 Worker and web output reaches the terminal, each line prefixed with its process, and a log file.
 """
 
+import argparse
 import os
 import signal
 import sys
@@ -123,4 +124,8 @@ def run(environ: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
+    # No options: --help describes the environment variables above instead of starting the stack.
+    argparse.ArgumentParser(
+        prog="python -m stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     sys.exit(run(os.environ))

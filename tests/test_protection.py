@@ -106,6 +106,8 @@ def test_rate_limit_answers_429_with_retry_after(service_env, private_redis):
     answers = [client.post("/predict", json={"text": []}) for _ in range(4)]
     assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
     assert answers[-1].get_json()["error"] == "rate_limited"
+    # The service's own message, built when the limit broke, reaches the client.
+    assert answers[-1].get_json()["message"].startswith("rate limit 3 per 1 minute exceeded; retry in ")
     assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
     assert client.get("/health").status_code == 200
 

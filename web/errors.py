@@ -164,6 +164,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        if error.response is not None:
+            # Already answered in the one shape by whoever raised it (the rate limiter's RateLimited).
+            return error.response
         return from_http_exception(error).response()
 
     def unavailable(error: Exception):

@@ -47,6 +47,12 @@ def run_celery(app, settings, node_name: str, argv: list[str]) -> object:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        # Answer before loading a model or starting a consumer: settings come from the environment.
+        print(
+            __doc__.strip() + "\nSettings are environment variables: see docs/settings.md. Other arguments go to Celery's worker."
+        )
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     try:
