@@ -31,9 +31,16 @@ class Settings:
     device: str = _setting("DEVICE", "auto", "auto, cpu or cuda.")
     torch_threads: int = _setting("TORCH_THREADS", 0, "Intra-op threads per worker; 0 means the CPUs the process may use.")
     batch_max_texts: int = _setting("BATCH_MAX_TEXTS", 64, "Most texts in one forward pass.")
-    batch_max_tokens: int = _setting("BATCH_MAX_TOKENS", 8192, "Most padded tokens (texts x longest) in one forward pass.")
+    batch_max_tokens: int = _setting(
+        "BATCH_MAX_TOKENS", 8192, "Most tokens one forward pass computes: real tokens when packed, texts x longest when padded."
+    )
     batch_max_wait_ms: float = _setting(
-        "BATCH_MAX_WAIT_MS", 5.0, "How long the batcher waits for more texts after the first; adds latency, gains batch size."
+        "BATCH_MAX_WAIT_MS",
+        0.0,
+        "Extra wait for more texts after the first; 0 runs whatever is queued at once (continuous batching).",
+    )
+    gather_max_texts: int = _setting(
+        "GATHER_MAX_TEXTS", 256, "Most texts the batcher takes from its queue at once, then cuts into forward passes."
     )
     worker_concurrency: int = _setting("WORKER_CONCURRENCY", 64, "Jobs one worker process holds at once (Celery threads).")
     worker_metrics_port: int = _setting("WORKER_METRICS_PORT", 9101, "Worker's Prometheus /metrics port; 0 turns it off.")

@@ -51,17 +51,22 @@ def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[list[lis
     return input_ids, attention_mask
 
 
-def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
-    """Group indices, shortest first, into batches bounded by text count and padded token count."""
+def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: int, padded: bool = True) -> list[list[int]]:
+    """Group indices, shortest first, into batches bounded by text count and computed token count.
+
+    ``padded``: a forward pass computes count x longest tokens; otherwise (packed) only the real ones.
+    """
     batches: list[list[int]] = []
     current: list[int] = []
+    real_tokens = 0
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         # Sorted ascending, so this text is the longest so far: padded size = count * its length.
-        padded_tokens = (len(current) + 1) * lengths[index]
-        if current and (len(current) >= max_texts or padded_tokens > max_tokens):
+        tokens = (len(current) + 1) * lengths[index] if padded else real_tokens + lengths[index]
+        if current and (len(current) >= max_texts or tokens > max_tokens):
             batches.append(current)
-            current = []
+            current, real_tokens = [], 0
         current.append(index)
+        real_tokens += lengths[index]
     if current:
         batches.append(current)
     return batches
@@ -89,6 +94,15 @@ class TextClassifier:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return encoded["input_ids"]
 
+    @property
+    def pads(self) -> bool:
+        """Whether a forward pass computes padding (pads every text to the batch's longest)."""
+        return True
+
+    def computed_tokens(self, lengths: Sequence[int]) -> int:
+        """Tokens one forward pass over texts of these lengths computes: padded, or only the real ones."""
+        return len(lengths) * max(lengths, default=0) if self.pads else sum(lengths)
+
     def infer(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         """Run one forward pass over one batch and return per-class probabilities."""
         raise NotImplementedError
@@ -105,7 +119,7 @@ class TextClassifier:
             return []
         token_ids = self.encode(texts)
         if sort_by_length:
-            batches = length_sorted_batches([len(ids) for ids in token_ids], max_texts, max_tokens)
+            batches = length_sorted_batches([len(ids) for ids in token_ids], max_texts, max_tokens, self.pads)
         else:
             batches = [list(range(start, min(start + max_texts, len(texts)))) for start in range(0, len(texts), max_texts)]
         predictions: list[Prediction | None] = [None] * len(texts)

@@ -1,4 +1,8 @@
-"""torch backend: a transformers sequence-classification model, computed in float32."""
+"""torch backend: a transformers sequence-classification model, computed in float32.
+
+BERT-family and DistilBERT models run packed (model/packed.py): no padding is computed. Other
+architectures run the padded transformers forward.
+"""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +13,7 @@ from transformers.utils import logging as transformers_logging
 
 from model import BUNDLED_MODEL_DIR
 from model.core import ModelLoadError, TextClassifier, config_digest, pad_batch
+from model.packed import PackedBatch, packed_forward
 
 
 def resolve_device(requested: str) -> str:
@@ -34,6 +39,7 @@ class TorchClassifier(TextClassifier):
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         positions = getattr(model.config, "max_position_embeddings", None)
         super().__init__(tokenizer, model.config.id2label, positions, name, device, digest.hexdigest())
+        self.packed = packed_forward(self.model)
 
     @classmethod
     def load(cls, source: str | Path = BUNDLED_MODEL_DIR, device: str = "auto", threads: int | None = None):
@@ -50,7 +56,19 @@ class TorchClassifier(TextClassifier):
             raise ModelLoadError(f"cannot load model {source!r}: {error}") from error
         return cls(model.to(resolved), tokenizer, str(source), resolved)
 
+    @property
+    def pads(self) -> bool:
+        return self.packed is None
+
     def infer(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self.packed is None:
+            return self.infer_padded(token_ids)
+        with torch.inference_mode():
+            logits = self.packed(PackedBatch(token_ids, self.device))
+            return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+
+    def infer_padded(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The transformers forward on a padded batch: the reference the packed path is tested against."""
         input_ids, attention_mask = pad_batch(token_ids, self.pad_id)
         with torch.inference_mode():
             logits = self.model(

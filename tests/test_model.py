@@ -13,6 +13,8 @@ from transformers import (
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 from common.labels import ID2LABEL, LABEL2ID
@@ -176,3 +178,48 @@ def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_dis
         assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(ours, reference))
     assert_batch_independent(onnx_model, "the plot is thin , but the acting is superb .")
     assert onnx_model.identity != torch_model.identity
+
+
+def assert_packed_equals_padded(model: TorchClassifier, texts: list[str]) -> None:
+    """The packed forward's probabilities equal transformers' padded forward's to 1e-5."""
+    assert not model.pads, "this architecture should run packed"
+    token_ids = model.encode(texts)
+    packed, padded = model.infer(token_ids), model.infer_padded(token_ids)
+    assert max(abs(a - b) for row_a, row_b in zip(packed, padded) for a, b in zip(row_a, row_b)) <= 1e-5
+
+
+def test_packed_bert_forward_equals_the_padded_one_on_mixed_lengths(bundled):
+    texts = [example.sentence for example in dev_slice(64)] + ["", "I love you.", "word " * 600]
+    assert_packed_equals_padded(bundled, texts)
+
+
+def test_packed_distilbert_forward_equals_the_padded_one(tmp_path):
+    # Large initial weights, so that a text attending to its batch-mates would move its scores
+    # far past 1e-5 (the shared tiny model's near-uniform outputs would hide that).
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.5, id2label=ID2LABEL, label2id=LABEL2ID
+    )
+    DistilBertForSequenceClassification(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
+    model = TorchClassifier.load(tmp_path, device="cpu")
+    assert_packed_equals_padded(model, ["I love you.", "I hate you.", "word " * 300, *BATCH_MATES])
+    assert_batch_independent(model, "the plot is thin , but the acting is superb .")
+
+
+def test_unknown_architectures_fall_back_to_the_padded_forward(tmp_path):
+    config = RobertaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
+    model = TorchClassifier.load(tmp_path, device="cpu")
+    assert model.pads and model.computed_tokens([3, 5]) == 10
+    predictions = model.predict(["I love you.", "I hate you."])
+    assert [{item["label"] for item in prediction} for prediction in predictions] == [{"NEGATIVE", "POSITIVE"}] * 2

@@ -59,8 +59,13 @@ class RecordingModel:
     def __init__(self):
         self.computed = 0
 
+    pads = True
+
     def encode(self, texts):
         return [[1] * (len(text) + 2) for text in texts]
+
+    def computed_tokens(self, lengths):
+        return len(lengths) * max(lengths)
 
     def predict_encoded(self, token_ids):
         self.computed += len(token_ids)
@@ -69,7 +74,7 @@ class RecordingModel:
 
 def test_batcher_drops_expired_jobs_without_computing_them():
     model = RecordingModel()
-    batcher = Batcher(model, max_texts=8, max_tokens=1000, max_wait_ms=50)
+    batcher = Batcher(model, max_texts=8, max_tokens=1000, max_wait_ms=50, gather_max_texts=64)
     batcher.start()
     try:
         expired = batcher.submit("old", ["stale text"], deadline=time.time() - 1, enqueued_at=time.time() - 2)

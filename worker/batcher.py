@@ -1,9 +1,12 @@
-"""Cross-request batching: texts from many concurrent jobs share one forward pass.
+"""Continuous cross-request batching: texts from many concurrent jobs share forward passes.
 
-Celery threads each hand one job to ``Batcher.submit`` and wait on its future; a single
-inference thread gathers jobs for up to BATCH_MAX_WAIT_MS (or until BATCH_MAX_TEXTS texts),
-drops the ones whose deadline has passed, and runs the rest in length-sorted batches bounded
-by BATCH_MAX_TEXTS and BATCH_MAX_TOKENS.
+Celery threads each hand one job to ``Batcher.submit`` and wait on its future. One inference
+thread loops: it takes every job queued right now (up to GATHER_MAX_TEXTS texts; it waits for
+more only if BATCH_MAX_WAIT_MS is set), drops the jobs whose deadline has passed, and runs the
+rest in length-sorted forward passes bounded by BATCH_MAX_TEXTS and BATCH_MAX_TOKENS (tokens the
+model really computes: real tokens when it runs packed). Jobs that arrive during a forward pass
+form the next batch, so an idle model never waits and a busy one always has its next batch ready
+(TEI's policy).
 """
 
 import logging
@@ -36,12 +39,12 @@ class PendingJob:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """What one forward pass did."""
+    """What one forward pass did: real tokens, and the tokens it computed (padding included, if any)."""
 
     texts: int
     jobs: int
     tokens: int
-    padded_tokens: int
+    computed_tokens: int
     seconds: float
 
 
@@ -54,6 +57,7 @@ class Batcher:
         max_texts: int,
         max_tokens: int,
         max_wait_ms: float,
+        gather_max_texts: int,
         on_jobs_started: Callable[[list[PendingJob], float], None] = lambda jobs, now: None,
         on_batch: Callable[[BatchRecord], None] = lambda record: None,
     ):
@@ -61,6 +65,7 @@ class Batcher:
         self.max_texts = max_texts
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_ms / 1000
+        self.gather_max_texts = gather_max_texts
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
         self._pending: queue.SimpleQueue[PendingJob] = queue.SimpleQueue()
@@ -88,15 +93,17 @@ class Batcher:
                 self._process(jobs)
 
     def _gather(self) -> list[PendingJob]:
-        """Wait for a first job, then for more until the batch is full or the wait bound passes."""
+        """Wait for a first job, then take every job already queued, up to gather_max_texts texts.
+
+        Only a non-zero max_wait_s waits for jobs that have not arrived yet.
+        """
         try:
             jobs = [self._pending.get(timeout=0.2)]
         except queue.Empty:
             return []
         texts = len(jobs[0].texts)
         give_up_at = time.monotonic() + self.max_wait_s
-        while texts < self.max_texts:
-            # Jobs already waiting join at once; only an empty queue costs wait time.
+        while texts < self.gather_max_texts:
             remaining = give_up_at - time.monotonic()
             try:
                 job = self._pending.get_nowait() if remaining <= 0 else self._pending.get(timeout=remaining)
@@ -133,7 +140,7 @@ class Batcher:
         token_ids = self.model.encode(texts)
         lengths = [len(ids) for ids in token_ids]
         results = {}
-        for group in length_sorted_batches(lengths, self.max_texts, self.max_tokens):
+        for group in length_sorted_batches(lengths, self.max_texts, self.max_tokens, self.model.pads):
             started = time.perf_counter()
             predictions = self.model.predict_encoded([token_ids[i] for i in group])
             seconds = time.perf_counter() - started
@@ -145,7 +152,7 @@ class Batcher:
                     texts=len(group),
                     jobs=sum(1 for job in jobs if not in_group.isdisjoint(job.texts)),
                     tokens=sum(lengths[i] for i in group),
-                    padded_tokens=len(group) * max(lengths[i] for i in group),
+                    computed_tokens=self.model.computed_tokens([lengths[i] for i in group]),
                     seconds=seconds,
                 )
             )

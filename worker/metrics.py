@@ -15,9 +15,12 @@ BATCH_TEXTS = Histogram(
 )
 BATCH_TOKENS = Histogram(
     "sentiment_worker_batch_tokens",
-    "Padded tokens per forward pass.",
+    "Tokens computed per forward pass (padding included when the model pads).",
     buckets=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
 )
+# real / computed is the share of a forward pass's work spent on real text (1.0 when packed).
+REAL_TOKENS = Counter("sentiment_worker_real_tokens_total", "Real (non-padding) tokens run through the model.")
+COMPUTED_TOKENS = Counter("sentiment_worker_computed_tokens_total", "Tokens the model computed, padding included.")
 INFERENCE_SECONDS = Histogram(
     "sentiment_worker_inference_seconds",
     "Seconds per forward pass.",

@@ -65,6 +65,7 @@ class WorkerRuntime:
             settings.batch_max_texts,
             settings.batch_max_tokens,
             settings.batch_max_wait_ms,
+            settings.gather_max_texts,
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
         )
@@ -117,7 +118,9 @@ class WorkerRuntime:
 
     def _batch_done(self, record: BatchRecord) -> None:
         metrics.BATCH_TEXTS.observe(record.texts)
-        metrics.BATCH_TOKENS.observe(record.padded_tokens)
+        metrics.BATCH_TOKENS.observe(record.computed_tokens)
+        metrics.REAL_TOKENS.inc(record.tokens)
+        metrics.COMPUTED_TOKENS.inc(record.computed_tokens)
         metrics.INFERENCE_SECONDS.observe(record.seconds)
         try:
             self.stores.workers.record_batches([record.__dict__ | {"at": time.time(), "worker": self.name}])

@@ -1,0 +1,89 @@
+"""Continuous batching: an idle model runs at once; texts arriving during a forward pass form the next one."""
+
+import threading
+import time
+
+from model.core import length_sorted_batches
+from worker.batcher import Batcher
+
+
+class GatedModel:
+    """A packed model stand-in whose forward passes block until the test lets them finish."""
+
+    pads = False
+
+    def __init__(self):
+        self.forward_started = threading.Event()
+        self.release = threading.Event()
+        self.batches: list[list[list[int]]] = []
+
+    def encode(self, texts):
+        return [[1] * len(text.split()) for text in texts]
+
+    def computed_tokens(self, lengths):
+        return sum(lengths)
+
+    def predict_encoded(self, token_ids):
+        self.batches.append(list(token_ids))
+        self.forward_started.set()
+        assert self.release.wait(10), "the test never released the forward pass"
+        return [[{"label": "POSITIVE", "score": 1.0}, {"label": "NEGATIVE", "score": 0.0}] for _ in token_ids]
+
+
+def start_batcher(model, **bounds) -> Batcher:
+    batcher = Batcher(model, **({"max_texts": 64, "max_tokens": 8192, "max_wait_ms": 0, "gather_max_texts": 256} | bounds))
+    batcher.start()
+    return batcher
+
+
+def test_idle_model_with_no_max_wait_runs_a_lone_text_at_once():
+    model = GatedModel()
+    model.release.set()
+    batcher = start_batcher(model, max_wait_ms=0)
+    try:
+        started = time.monotonic()
+        assert set(batcher.submit("only", ["a lone text"], time.time() + 30, time.time()).result(5)) == {"a lone text"}
+        # The gather loop polls its queue every 0.2 s when empty; a fixed wait would add to that.
+        assert time.monotonic() - started < 0.15
+    finally:
+        batcher.stop()
+
+
+def test_texts_arriving_during_a_forward_pass_form_the_next_batch():
+    model = GatedModel()
+    batcher = start_batcher(model)
+    try:
+        first = batcher.submit("first", ["the first text"], time.time() + 30, time.time())
+        assert model.forward_started.wait(5)
+        # Evidence the forward pass is in flight: it holds the first text and has not returned.
+        assert len(model.batches) == 1 and not first.done()
+        later = [batcher.submit(f"job-{i}", [f"later text {i}"], time.time() + 30, time.time()) for i in range(5)]
+        model.release.set()
+        for future in [first, *later]:
+            future.result(5)
+        assert [len(batch) for batch in model.batches] == [1, 5]
+    finally:
+        batcher.stop()
+
+
+def test_gathering_and_forward_pass_sizes_are_separate_knobs():
+    model = GatedModel()
+    batcher = start_batcher(model, max_texts=2, gather_max_texts=3)
+    try:
+        first = batcher.submit("first", ["the first text"], time.time() + 30, time.time())
+        assert model.forward_started.wait(5)
+        later = [batcher.submit(f"job-{i}", [f"later text {i}"], time.time() + 30, time.time()) for i in range(5)]
+        model.release.set()
+        for future in [first, *later]:
+            future.result(5)
+        # Gathers of at most 3 texts (3, then 2), each cut into forward passes of at most 2 texts.
+        assert [len(batch) for batch in model.batches] == [1, 2, 1, 2]
+    finally:
+        batcher.stop()
+
+
+def test_packed_forward_passes_are_sized_by_real_tokens():
+    lengths = [10, 40, 10]
+    # Padded, a pair with the 40-token text costs 80 tokens; packed, 10 + 10 + 40 = 60 fits.
+    assert length_sorted_batches(lengths, max_texts=8, max_tokens=60, padded=True) == [[0, 2], [1]]
+    assert length_sorted_batches(lengths, max_texts=8, max_tokens=60, padded=False) == [[0, 2, 1]]
