@@ -15,6 +15,7 @@ GOMAXPROCS caps its threads; --service-cpus pins the service's processes.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model import BUNDLED_MODEL_DIR
 from model_tools.sst2 import read_split
 from stack import REPO, RedisServer, free_port, start_web, start_worker
+from worker.thread_names import FORWARD_THREAD_NAME
 
 K6 = shutil.which("k6") or str(Path(os.sys.executable).parent / "k6")
 
@@ -64,6 +66,7 @@ def k6_figures(summary: dict, texts_per_request: int) -> dict:
     requests = metrics["http_reqs"]["rate"]
     checks = metrics.get("checks", {})
     return {
+        "requests": metrics["http_reqs"]["count"],
         "requests_per_s": requests,
         "sentences_per_s": requests * texts_per_request,
         "p50_ms": duration["p(50)"],
@@ -71,6 +74,57 @@ def k6_figures(summary: dict, texts_per_request: int) -> dict:
         "p99_ms": duration["p(99)"],
         "errors": checks.get("fails", 0),
     }
+
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+COMPONENTS = ("web", "worker_forward", "worker_other", "redis", "load_generator")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of each named thread group of a process (threads are named by the OS: /proc/PID/task/*/comm)."""
+    seconds: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return seconds
+    for tid in tids:
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended between listing and reading
+        # utime and stime: fields 14 and 15 of stat, 12 and 13 after the ")" that ends the name.
+        seconds[comm] = seconds.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+    return seconds
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its direct children (gunicorn's master and workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sum(sum(thread_cpu_seconds(int(each)).values()) for each in [pid, *children])
+
+
+class CpuMeter:
+    """CPU seconds per component over one load run: web, worker (forward-pass threads and the rest), Redis, k6."""
+
+    def __init__(self, web_pid: int, worker_pid: int | None = None, redis_pid: int | None = None):
+        self.web_pid, self.worker_pid, self.redis_pid = web_pid, worker_pid, redis_pid
+
+    def read(self) -> dict[str, float]:
+        worker = thread_cpu_seconds(self.worker_pid) if self.worker_pid else {}
+        forward = worker.get(FORWARD_THREAD_NAME, 0.0)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # k6, once it has exited
+        return {
+            "web": process_tree_cpu_seconds(self.web_pid),
+            "worker_forward": forward,
+            "worker_other": sum(worker.values()) - forward,
+            "redis": sum(thread_cpu_seconds(self.redis_pid).values()) if self.redis_pid else 0.0,
+            "load_generator": children.ru_utime + children.ru_stime,
+        }
+
+    @staticmethod
+    def per_1000_texts(before: dict[str, float], after: dict[str, float], texts: int) -> dict[str, float]:
+        return {name: 1000 * (after[name] - before[name]) / texts if texts else 0.0 for name in COMPONENTS}
 
 
 def ceiling(texts: list[str], threads: int, backend: str, model: str) -> float:
@@ -128,6 +182,23 @@ def markdown(rows: list[dict], ceiling_rate: float, settings: dict) -> str:
             f"| {r['design']} | {r['texts']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['sentences_per_s']:.1f} |"
             f" {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {hit} | {batch} | {r['errors']} |"
         )
+    lines += [
+        "",
+        "CPU seconds per 1,000 texts (worker forward: the batcher thread and torch's threads; tokenising included),"
+        " and the share of the tokens the worker computed that were real text:",
+        "",
+        "| design | texts/req | clients | web | worker forward | worker other | Redis | load generator | real/computed tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["texts"] and "cpu_s_per_1000_texts" in r:
+            cpu = r["cpu_s_per_1000_texts"]
+            ratio = "" if r.get("real_to_computed_tokens") is None else f"{r['real_to_computed_tokens']:.2f}"
+            lines.append(
+                f"| {r['design']} | {r['texts']} | {r['concurrency']} | "
+                + " | ".join(f"{cpu[name]:.2f}" for name in COMPONENTS)
+                + f" | {ratio} |"
+            )
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())]
     return "\n".join(lines) + "\n"
 
@@ -172,14 +243,17 @@ def main() -> None:
     web_port = free_port()
     processes = []
     try:
-        processes.append(start_worker(env, redis.Redis.from_url(server.url, decode_responses=True), prefix=service_prefix))
-        processes.append(start_web(env, web_port, processes=args.web_processes, prefix=service_prefix))
+        worker = start_worker(env, redis.Redis.from_url(server.url, decode_responses=True), prefix=service_prefix)
+        processes.append(worker)
+        web_process = start_web(env, web_port, processes=args.web_processes, prefix=service_prefix)
+        processes.append(web_process)
+        meter = CpuMeter(web_process.pid, worker.pid, server.process.pid)
         web = f"http://127.0.0.1:{web_port}"
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         for texts in args.texts:
             for concurrency in args.concurrency:
                 for design, script in (("service uncached", "uncached.js"), ("service cached", "cached.js")):
-                    before_web, before_worker = scrape(f"{web}/metrics"), scrape(worker_metrics)
+                    before_web, before_worker, before_cpu = scrape(f"{web}/metrics"), scrape(worker_metrics), meter.read()
                     label = f"{design.replace(' ', '-')}-{texts}-{concurrency}"
                     summary = run_k6(
                         script,
@@ -188,7 +262,13 @@ def main() -> None:
                         args.out / f"k6-{label}.json",
                         client_prefix,
                     )
-                    after_web, after_worker = scrape(f"{web}/metrics"), scrape(worker_metrics)
+                    after_web, after_worker, after_cpu = scrape(f"{web}/metrics"), scrape(worker_metrics), meter.read()
+                    tokens = {
+                        name: total(after_worker, f"sentiment_worker_{name}_tokens_total")
+                        - total(before_worker, f"sentiment_worker_{name}_tokens_total")
+                        for name in ("real", "computed")
+                    }
+                    figures = k6_figures(summary, texts)
                     hits = total(after_web, "sentiment_cache_lookups_total", result="hit") - total(
                         before_web, "sentiment_cache_lookups_total", result="hit"
                     )
@@ -206,9 +286,11 @@ def main() -> None:
                             "design": design,
                             "texts": texts,
                             "concurrency": concurrency,
-                            **k6_figures(summary, texts),
+                            **figures,
                             "cache_hit_ratio": hits / lookups if lookups else None,
                             "mean_batch": batch_texts / batches if batches else None,
+                            "cpu_s_per_1000_texts": CpuMeter.per_1000_texts(before_cpu, after_cpu, figures["requests"] * texts),
+                            "real_to_computed_tokens": tokens["real"] / tokens["computed"] if tokens["computed"] else None,
                         }
                     )
                     print(json.dumps(rows[-1]), flush=True)
@@ -237,10 +319,12 @@ def main() -> None:
         app="bench.naive_server:create_app()",
         config="bench/naive_gunicorn_conf.py",
     )
+    naive_meter = CpuMeter(naive.pid)
     try:
         for texts in args.texts:
             for concurrency in args.concurrency:
                 label = f"naive-{texts}-{concurrency}"
+                before_cpu = naive_meter.read()
                 summary = run_k6(
                     "uncached.js",
                     f"http://127.0.0.1:{naive_port}",
@@ -248,7 +332,11 @@ def main() -> None:
                     args.out / f"k6-{label}.json",
                     client_prefix,
                 )
-                rows.append({"design": "naive", "texts": texts, "concurrency": concurrency, **k6_figures(summary, texts)})
+                figures = k6_figures(summary, texts)
+                cpu = CpuMeter.per_1000_texts(before_cpu, naive_meter.read(), figures["requests"] * texts)
+                rows.append(
+                    {"design": "naive", "texts": texts, "concurrency": concurrency, **figures, "cpu_s_per_1000_texts": cpu}
+                )
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         naive.stop()

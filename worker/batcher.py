@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from model.core import length_sorted_batches
+from worker.thread_names import FORWARD_THREAD_NAME, name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Batcher:
         return job.future
 
     def _run(self) -> None:
+        name_this_thread(FORWARD_THREAD_NAME)
         while not (self._stopping.is_set() and self._pending.empty()):
             jobs = self._gather()
             if jobs:
