@@ -26,6 +26,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from model import BUNDLED_MODEL_DIR
+from model_tools import default_model
 from model_tools.sst2 import read_split
 from stack import REPO, RedisServer, free_port, start_web, start_worker
 from worker.thread_names import FORWARD_THREAD_NAME
@@ -211,12 +212,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--texts", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    parser.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
+    parser.add_argument(
+        "--model", help="model folder; default: the bundled model, or its ONNX export (make export-onnx) for --backend onnx"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch/ORT threads for worker, naive server and ceiling")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--client-cpus", default="", help="taskset CPU list for k6, e.g. 1")
     parser.add_argument("--service-cpus", default="", help="taskset CPU list for the service processes, e.g. 0")
     args = parser.parse_args()
+    args.model = str(args.model or default_model(args.backend))
 
     args.out = args.out.resolve()  # k6 opens files relative to its script, so pass absolute paths
     args.out.mkdir(parents=True, exist_ok=True)
