@@ -48,6 +48,9 @@ class Settings:
         "WORKER_METRICS_HOST", "127.0.0.1", "Address the worker's /metrics binds; 0.0.0.0 in containers."
     )
     cache_ttl_s: int = _setting("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached prediction.")
+    web_cache_entries: int = _setting(
+        "WEB_CACHE_ENTRIES", 10000, "Recent predictions each web process keeps in memory in front of Redis; 0 turns it off."
+    )
     job_ttl_s: int = _setting("JOB_TTL_S", 3600, "Lifetime of a job record, so clients can poll this long.")
     sync_wait_s: float = _setting("SYNC_WAIT_S", 5.0, "Longest a POST waits for its job before answering 202.")
     job_deadline_s: float = _setting("JOB_DEADLINE_S", 30.0, "Texts not started within this long (queue time included) expire.")

@@ -56,7 +56,7 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
         return Scored([])
     settings = services.settings
     model_identity = services.model_identity()
-    known = services.stores.cache.lookup(model_identity, texts) if model_identity else [None] * len(texts)
+    known = cached_predictions(services, model_identity, texts) if model_identity else [None] * len(texts)
     hits = sum(prediction is not None for prediction in known)
     metrics.CACHE_LOOKUPS.labels("hit").inc(hits)
     metrics.CACHE_LOOKUPS.labels("miss").inc(len(texts) - hits)
@@ -78,6 +78,18 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
         return Failed(job_id, record.error)
     metrics.ANSWERS.labels("async").inc()
     return Pending(job_id, record.status if record else JobStatus.QUEUED)
+
+
+def cached_predictions(services: Services, model_identity: str, texts: list[str]) -> list[list | None]:
+    """Each text's cached prediction: from this process's hot cache, else from Redis (then kept hot)."""
+    known = services.hot_cache.lookup(model_identity, texts)
+    missing = [index for index, prediction in enumerate(known) if prediction is None]
+    if missing:
+        from_redis = services.stores.cache.lookup(model_identity, [texts[index] for index in missing])
+        for index, prediction in zip(missing, from_redis):
+            known[index] = prediction
+        services.hot_cache.store(model_identity, [texts[index] for index in missing], from_redis)
+    return known
 
 
 def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> str | QueueFull:

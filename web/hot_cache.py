@@ -1,0 +1,48 @@
+"""A small in-process cache of recent predictions, in front of the Redis cache.
+
+A prediction never changes for a given model identity (the identity is part of every key), so a
+copy held by a web process is never stale: it can only be evicted. Hot texts are then answered
+without a Redis round trip, which under many threads per process costs more in waiting for the
+GIL after the socket I/O than in Redis itself (docs/performance.md).
+"""
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class HotCache:
+    """Least-recently-used map of (model identity, text) -> prediction, bounded by entry count."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], list] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, model_identity: str, texts: Sequence[str]) -> list[list | None]:
+        """Each text's prediction, or None where this process holds none."""
+        if not self.max_entries:
+            return [None] * len(texts)
+        found = []
+        with self._lock:
+            for text in texts:
+                prediction = self._entries.get((model_identity, text))
+                if prediction is not None:
+                    self._entries.move_to_end((model_identity, text))
+                found.append(prediction)
+        return found
+
+    def store(self, model_identity: str, texts: Sequence[str], predictions: Sequence[list | None]) -> None:
+        """Remember the known predictions of these texts, evicting the least recently used."""
+        if not self.max_entries:
+            return
+        with self._lock:
+            for text, prediction in zip(texts, predictions):
+                if prediction is not None:
+                    self._entries[(model_identity, text)] = prediction
+                    self._entries.move_to_end((model_identity, text))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
