@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from common.celery_app import PREDICT_TASK
 from common.jobs import JobError, JobStatus, new_job_id
+from common.store.jobs import merge_results
 from web import metrics
 from web.errors import UNAVAILABLE_ERRORS
 from web.services import Services
@@ -68,9 +69,14 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
     if isinstance(job_id, QueueFull):
         return job_id
     started = time.perf_counter()
-    record = services.stores.jobs.wait(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
+    jobs = services.stores.jobs
+    results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
-    if record is not None and record.status == JobStatus.DONE:
+    if results is not None:
+        metrics.ANSWERS.labels("sync").inc()
+        return Scored(merge_results(texts, known, results))
+    record = jobs.get(job_id)
+    if record is not None and record.status == JobStatus.DONE:  # ended just after the wait
         metrics.ANSWERS.labels("sync").inc()
         return Scored(record.predictions)
     if record is not None and record.status == JobStatus.FAILED:

@@ -1,7 +1,10 @@
 """Job records: a hash per job, so status changes are single-field writes that keep the key's TTL.
 
-A job ends once (done or failed); ending it pushes to its done list, so a waiting request wakes
-from BLPOP instead of polling. A record that expired is never recreated.
+A record holds the request's texts, the predictions the cache already knew, and, once the job is
+done, the worker's ``results`` ({text: prediction} for the texts it computed); readers merge the
+two. Ending a job (done or failed) is one script: it records the outcome and pushes it to the
+job's done list, so a waiting request wakes from BLPOP with the results in hand, without reading
+the record again. A record that expired is never recreated.
 """
 
 import json
@@ -23,14 +26,16 @@ redis.call('HSET', record, 'status', running)
 return 1
 """
 
-# End a live job with a final status (and an error code when failed), then wake its waiters.
+# End a live job: final status, the error code when failed or the results when done, then hand
+# the outcome (the results JSON, or '' when failed) to whoever waits on the done list.
 _END_SCRIPT = """
 local record, done_list = KEYS[1], KEYS[2]
-local final_status, error_code, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local final_status, error_code, results, ttl_s = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if redis.call('EXISTS', record) == 0 then return 0 end
 redis.call('HSET', record, 'status', final_status)
 if error_code ~= '' then redis.call('HSET', record, 'error', error_code) end
-redis.call('RPUSH', done_list, 1)
+if results ~= '' then redis.call('HSET', record, 'results', results) end
+redis.call('RPUSH', done_list, results)
 redis.call('EXPIRE', done_list, ttl_s)
 return 1
 """
@@ -78,11 +83,15 @@ class JobRecords:
         fields = self.client.hgetall(job_key(job_id))
         if not fields:
             return None
+        texts = json.loads(fields["texts"])
+        predictions = json.loads(fields["predictions"])
+        if "results" in fields:
+            predictions = merge_results(texts, predictions, json.loads(fields["results"]))
         return JobRecord(
             job_id=job_id,
             status=JobStatus(fields["status"]),
-            texts=json.loads(fields["texts"]),
-            predictions=json.loads(fields["predictions"]),
+            texts=texts,
+            predictions=predictions,
             deadline=float(fields["deadline"]),
             error=JobError(fields["error"]) if fields.get("error") else None,
         )
@@ -99,24 +108,28 @@ class JobRecords:
         )
 
     def finish(self, job_id: str, results: dict[str, list]) -> None:
-        """Fill every missing prediction from ``results``, mark the job done and wake any waiter."""
-        texts, known = self.client.hmget(job_key(job_id), "texts", "predictions")
-        if texts is None:
-            return  # expired meanwhile: nobody can read it any more
-        predictions = [k if k is not None else results[text] for text, k in zip(json.loads(texts), json.loads(known))]
-        self.client.hset(job_key(job_id), "predictions", json.dumps(predictions))
-        self._end_job(job_id, JobStatus.DONE, "")
+        """Mark the job done with the predictions of the texts it computed, and hand them to any waiter."""
+        self._end_job(job_id, JobStatus.DONE, "", json.dumps(results))
 
     def fail(self, job_id: str, reason: JobError) -> None:
         """Mark the job failed with its reason and wake any waiter."""
-        self._end_job(job_id, JobStatus.FAILED, JobError(reason).value)
+        self._end_job(job_id, JobStatus.FAILED, JobError(reason).value, "")
 
-    def _end_job(self, job_id: str, final_status: JobStatus, error_code: str) -> None:
-        self._end(keys=[job_key(job_id), done_key(job_id)], args=[final_status.value, error_code, self.ttl_s])
+    def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str) -> None:
+        self._end(keys=[job_key(job_id), done_key(job_id)], args=[final_status.value, error_code, results, self.ttl_s])
 
-    def wait(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> JobRecord | None:
-        """Block (on a client whose read timeout exceeds ``timeout_s``) until the job ends; return the latest record."""
-        if timeout_s > 0:
-            # BLPOP takes a float timeout; 0 would mean forever.
-            blocking.blpop([done_key(job_id)], timeout=max(timeout_s, 0.001))
-        return self.get(job_id)
+    def wait_for_results(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> dict[str, list] | None:
+        """Block (on a client whose read timeout exceeds ``timeout_s``) until the job ends.
+
+        The computed texts' predictions when it ended done; None when it failed or the time ran out.
+        """
+        if timeout_s <= 0:
+            return None
+        # BLPOP takes a float timeout; 0 would mean forever.
+        popped = blocking.blpop([done_key(job_id)], timeout=max(timeout_s, 0.001))
+        return json.loads(popped[1]) if popped and popped[1] else None
+
+
+def merge_results(texts: Sequence[str], known: Sequence[list | None], results: dict[str, list]) -> list[list]:
+    """The request's predictions in order: those known at submission, the rest from the job's results."""
+    return [prediction if prediction is not None else results[text] for text, prediction in zip(texts, known)]
