@@ -5,12 +5,11 @@
 Each batch size runs twice: length-sorted (as the worker batches) and in the file's order.
 """
 
-import argparse
 import statistics
 import time
 
 from model.core import default_threads, length_sorted_batches
-from model_tools import load_or_exit
+from model_tools import load_or_exit, model_parser
 from model_tools.sst2 import read_split
 
 
@@ -41,13 +40,7 @@ def run(model, token_ids: list[list[int]], batch_size: int, sort_by_length: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
-    parser.add_argument(
-        "--model", help="model folder or hub id; default: the bundled model, or its ONNX export (make export-onnx) for onnx"
-    )
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser = model_parser(__doc__)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--repeat", type=int, default=1, help="score the dev set this many times per setting")

@@ -3,11 +3,10 @@
 python -m model_tools.evaluate --data ../shared/data/sst2 [--model model/sst2-minilm-l6] [--backend onnx]
 """
 
-import argparse
 import time
 
 from common.labels import ID2LABEL, NEGATIVE, POSITIVE
-from model_tools import load_or_exit
+from model_tools import load_or_exit, model_parser
 from model_tools.sst2 import read_split
 
 
@@ -20,13 +19,7 @@ def confusion_matrix(gold: list[str], predicted: list[str]) -> dict[tuple[str, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
-    parser.add_argument(
-        "--model", help="model folder or hub id; default: the bundled model, or its ONNX export (make export-onnx) for onnx"
-    )
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser = model_parser(__doc__)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=0, help="only the first N dev sentences")
     args = parser.parse_args()

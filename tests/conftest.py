@@ -18,6 +18,15 @@ def redis_server():
     server.close()
 
 
+@pytest.fixture
+def private_redis():
+    """A redis-server of the test's own, for tests that change or break Redis state."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def service_env(redis_server) -> dict[str, str]:
     """Environment shared by the in-process app, the worker and gunicorn."""

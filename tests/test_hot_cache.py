@@ -1,11 +1,9 @@
 """The web process's hot cache: recent predictions answered without Redis, never across models."""
 
-import pytest
 import redis
 
 from common.settings import Settings
 from common.store import Stores
-from tests.support import RedisServer
 from web.hot_cache import HotCache
 
 POSITIVE = [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]
@@ -34,14 +32,6 @@ def test_unknown_predictions_are_not_kept_and_zero_entries_turns_it_off():
     off = HotCache(max_entries=0)
     off.store("model@a", ["text"], [POSITIVE])
     assert off.lookup("model@a", ["text"]) == [None]
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 def test_hot_texts_are_answered_without_redis(service_env, private_redis):

@@ -9,17 +9,9 @@ import redis
 
 from common.settings import Settings
 from common.store import Stores
-from tests.support import RedisServer, wait_until
+from tests.support import wait_until
 from web.security import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 def make_client(service_env, **overrides):
