@@ -144,8 +144,7 @@ class WorkerRuntime:
             retries.run(lambda: self.stores.jobs.fail(job_id, JobError.INFERENCE_ERROR), "failing a job")
             metrics.JOBS.labels("failed").inc()
             raise
-        retries.run(lambda: self.stores.cache.store(self.model.identity, results), "caching results")
-        retries.run(lambda: self.stores.jobs.finish(job_id, results), "completing a job")
+        retries.run(lambda: self.stores.complete_job(job_id, self.model.identity, results), "completing a job")
         metrics.JOBS.labels("done").inc()
         return "done"
 

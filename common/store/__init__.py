@@ -46,6 +46,21 @@ class Stores:
             workers=WorkerRegistry(main),
         )
 
+    def complete_job(self, job_id: str, model_identity: str, results: dict[str, list]) -> None:
+        """Cache a job's results, then mark it done and wake its waiter.
+
+        Cached before anyone sees the answer, so a client that repeats its texts finds them in the
+        cache; one round trip when the cache is the main Redis.
+        """
+        if self.cache.client is self.main:
+            pipe = self.main.pipeline(transaction=False)
+            self.cache.store(model_identity, results, pipe)
+            self.jobs.finish(job_id, results, pipe)
+            pipe.execute()
+        else:
+            self.cache.store(model_identity, results)
+            self.jobs.finish(job_id, results)
+
     def start_jobs(self, job_ids: list[str]) -> None:
         """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip."""
         pipe = self.main.pipeline(transaction=False)

@@ -22,9 +22,10 @@ class PredictionCache:
         values = self.client.mget([cache_key(model_identity, text) for text in texts])
         return [json.loads(value) if value is not None else None for value in values]
 
-    def store(self, model_identity: str, predictions: dict[str, list]) -> None:
-        """Cache each text's prediction with the cache TTL."""
-        pipe = self.client.pipeline(transaction=False)
+    def store(self, model_identity: str, predictions: dict[str, list], pipeline: redis.client.Pipeline | None = None) -> None:
+        """Cache each text's prediction with the cache TTL; with ``pipeline``, only queue the commands there."""
+        pipe = pipeline or self.client.pipeline(transaction=False)
         for text, prediction in predictions.items():
             pipe.set(cache_key(model_identity, text), json.dumps(prediction), ex=self.ttl_s)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()

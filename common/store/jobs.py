@@ -107,16 +107,20 @@ class JobRecords:
             keys=[job_key(job_id)], args=[JobStatus.QUEUED.value, JobStatus.RUNNING.value], client=pipeline or self.client
         )
 
-    def finish(self, job_id: str, results: dict[str, list]) -> None:
+    def finish(self, job_id: str, results: dict[str, list], pipeline: redis.client.Pipeline | None = None) -> None:
         """Mark the job done with the predictions of the texts it computed, and hand them to any waiter."""
-        self._end_job(job_id, JobStatus.DONE, "", json.dumps(results))
+        self._end_job(job_id, JobStatus.DONE, "", json.dumps(results), pipeline)
 
     def fail(self, job_id: str, reason: JobError) -> None:
         """Mark the job failed with its reason and wake any waiter."""
         self._end_job(job_id, JobStatus.FAILED, JobError(reason).value, "")
 
-    def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str) -> None:
-        self._end(keys=[job_key(job_id), done_key(job_id)], args=[final_status.value, error_code, results, self.ttl_s])
+    def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str, pipeline=None) -> None:
+        self._end(
+            keys=[job_key(job_id), done_key(job_id)],
+            args=[final_status.value, error_code, results, self.ttl_s],
+            client=pipeline or self.client,
+        )
 
     def wait_for_results(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> dict[str, list] | None:
         """Block (on a client whose read timeout exceeds ``timeout_s``) until the job ends.
