@@ -35,25 +35,26 @@ def bundled() -> TorchClassifier:
     return TorchClassifier.load(BUNDLED_MODEL_DIR, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_distilbert(tmp_path_factory) -> Path:
-    """A tiny randomly initialised DistilBERT with the SST-2 label set, made on the fly."""
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
-    torch.manual_seed(0)
-    config = DistilBertConfig(
-        vocab_size=30522,
-        dim=32,
-        n_layers=2,
-        n_heads=2,
-        hidden_dim=64,
-        max_position_embeddings=64,
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
-    )
-    DistilBertForSequenceClassification(config).save_pretrained(folder)
+def save_with_tokenizer(model, folder: Path) -> Path:
+    """Save a made-up model beside a real tokenizer."""
+    model.save_pretrained(folder)
     # all-MiniLM-L6-v2 uses the same uncased WordPiece vocabulary as DistilBERT.
     AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(folder)
     return folder
+
+
+def make_tiny_distilbert(folder: Path, **config) -> Path:
+    """A tiny randomly initialised DistilBERT with the SST-2 label set, saved in ``folder``."""
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, id2label=ID2LABEL, label2id=LABEL2ID, **config
+    )
+    return save_with_tokenizer(DistilBertForSequenceClassification(config), folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory) -> Path:
+    return make_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"), max_position_embeddings=64)
 
 
 def dev_slice(count: int = 200):
@@ -196,13 +197,7 @@ def test_packed_bert_forward_equals_the_padded_one_on_mixed_lengths(bundled):
 def test_packed_distilbert_forward_equals_the_padded_one(tmp_path):
     # Large initial weights, so that a text attending to its batch-mates would move its scores
     # far past 1e-5 (the shared tiny model's near-uniform outputs would hide that).
-    torch.manual_seed(0)
-    config = DistilBertConfig(
-        dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.5, id2label=ID2LABEL, label2id=LABEL2ID
-    )
-    DistilBertForSequenceClassification(config).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
-    model = TorchClassifier.load(tmp_path, device="cpu")
+    model = TorchClassifier.load(make_tiny_distilbert(tmp_path, initializer_range=0.5), device="cpu")
     assert_packed_equals_padded(model, ["I love you.", "I hate you.", "word " * 300, *BATCH_MATES])
     assert_batch_independent(model, "the plot is thin , but the acting is superb .")
 
@@ -217,9 +212,7 @@ def test_unknown_architectures_fall_back_to_the_padded_forward(tmp_path):
         id2label=ID2LABEL,
         label2id=LABEL2ID,
     )
-    RobertaForSequenceClassification(config).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(tmp_path)
-    model = TorchClassifier.load(tmp_path, device="cpu")
+    model = TorchClassifier.load(save_with_tokenizer(RobertaForSequenceClassification(config), tmp_path), device="cpu")
     assert model.pads and model.computed_tokens([3, 5]) == 10
     predictions = model.predict(["I love you.", "I hate you."])
     assert [{item["label"] for item in prediction} for prediction in predictions] == [{"NEGATIVE", "POSITIVE"}] * 2

@@ -27,7 +27,8 @@ def ready():
     A full queue is shared by every web pod, so answering 503 for it would take them all out of
     the Service at once and turn clean 429s into connection errors; it is reported, not failed.
     """
-    stores = services().stores
+    current = services()
+    stores = current.stores
     try:
         stores.main.ping()
         workers = stores.workers.live_workers()
@@ -37,5 +38,5 @@ def ready():
     context = {"workers": workers, "queued_texts": queued}
     if workers == 0:
         raise NoWorkers("no worker has sent a heartbeat recently", context, RETRY_AFTER)
-    status = "overloaded" if queued >= services().settings.max_queued_texts else "ready"
+    status = "overloaded" if queued >= current.settings.max_queued_texts else "ready"
     return json_response({"status": status, **context})

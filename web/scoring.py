@@ -65,9 +65,10 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
         metrics.ANSWERS.labels("cached").inc()
         return Scored(known)
 
-    job_id = enqueue_job(services, texts, known, deadline_s)
-    if isinstance(job_id, QueueFull):
-        return job_id
+    enqueued = enqueue_job(services, texts, known, deadline_s)
+    if isinstance(enqueued, QueueFull):
+        return enqueued
+    job_id = enqueued
     started = time.perf_counter()
     jobs = services.stores.jobs
     results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
