@@ -2,6 +2,9 @@
 
 from celery import Celery
 
+# One message carries the jobs of several concurrent requests of one web process (web.dispatch).
+PREDICT_JOBS_TASK = "sentiment.predict_jobs"
+# One message per job: what web processes of earlier releases send; workers still accept it.
 PREDICT_TASK = "sentiment.predict"
 
 

@@ -1,6 +1,7 @@
-"""The job vocabulary web and worker share: statuses, failure reasons and job ids."""
+"""The job vocabulary web and worker share: statuses, failure reasons, job ids and job messages."""
 
 import uuid
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 
@@ -35,3 +36,20 @@ def is_job_id(value: str) -> bool:
         return str(uuid.UUID(value, version=4)) == value
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One job's uncached texts as they travel to the workers; several jobs share a Celery message."""
+
+    job_id: str
+    texts: list[str]
+    deadline: float
+    enqueued_at: float
+
+    def to_message(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, fields: dict) -> "QueuedJob":
+        return cls(fields["job_id"], list(fields["texts"]), float(fields["deadline"]), float(fields["enqueued_at"]))

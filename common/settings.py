@@ -42,7 +42,11 @@ class Settings:
     gather_max_texts: int = _setting(
         "GATHER_MAX_TEXTS", 256, "Most texts the batcher takes from its queue at once, then cuts into forward passes."
     )
-    worker_concurrency: int = _setting("WORKER_CONCURRENCY", 64, "Jobs one worker process holds at once (Celery threads).")
+    worker_concurrency: int = _setting(
+        "WORKER_CONCURRENCY",
+        64,
+        "Celery messages one worker process holds at once (threads); each carries the jobs of one or more requests.",
+    )
     worker_metrics_port: int = _setting("WORKER_METRICS_PORT", 9101, "Worker's Prometheus /metrics port; 0 turns it off.")
     worker_metrics_host: str = _setting(
         "WORKER_METRICS_HOST", "127.0.0.1", "Address the worker's /metrics binds; 0.0.0.0 in containers."

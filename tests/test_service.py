@@ -1,11 +1,14 @@
 """The contract end to end: gunicorn, a real Redis and a real Celery worker process."""
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from common.celery_app import PREDICT_TASK, create_celery
+from common.jobs import JobStatus, new_job_id
 from common.store import Stores
 from common.store.keys import PREFIX
 from tests.support import wait_until
@@ -119,3 +122,13 @@ def test_health_and_ready(web_url):
     ready = requests.get(f"{web_url}/ready", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["workers"] >= 1
+
+
+def test_the_worker_still_serves_the_previous_releases_one_job_message(worker, store, settings, unique):
+    # During a rolling upgrade, web processes of the previous release send one job per message.
+    texts = [unique("an old web process sent this")]
+    job_id, now = new_job_id(), time.time()
+    store.jobs.create(job_id, texts, [None], now + 60)
+    create_celery(settings).send_task(PREDICT_TASK, args=[job_id, texts, now + 60, now])
+    record = wait_until(lambda: (job := store.jobs.get(job_id)) and job.status == JobStatus.DONE and job, 60, "the job")
+    assert_prediction_shape(record.predictions[0])

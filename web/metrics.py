@@ -29,6 +29,11 @@ JOB_WAIT_SECONDS = Histogram(
     "Seconds a request waited on its job before answering.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+JOBS_PER_MESSAGE = Histogram(
+    "sentiment_jobs_per_message",
+    "Jobs of concurrent requests that left this web process in one Celery message.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 
 
 class QueueCollector:
@@ -45,7 +50,7 @@ class QueueCollector:
             values = (float("nan"), float("nan"), float("nan"), 0)
         for (name, doc), value in zip(
             (
-                ("sentiment_queue_jobs", "Jobs waiting in the Celery queue (Redis list length)."),
+                ("sentiment_queue_jobs", "Celery messages waiting in the queue, each with one or more jobs (Redis list length)."),
                 ("sentiment_queue_texts", "Texts waiting for a batch (backpressure counter)."),
                 ("sentiment_workers_live", "Workers with a recent heartbeat."),
                 ("sentiment_redis_up", "1 when the web side reached Redis at scrape time."),

@@ -1,16 +1,16 @@
 """The job protocol behind POST /predict, free of HTTP: cache first, else a job the request waits on.
 
 ``score`` looks the texts up in the cache; if any is missing it reserves room in the queue, stores
-a job record, sends the Celery task (rolling the reservation back if that fails) and waits up to
-the bound. It answers one of the typed outcomes below; ``web.predict`` maps them to HTTP.
+a job record, hands the job to the process's dispatcher (which shares Celery messages between
+concurrent requests; the reservation is rolled back if the publish fails) and waits up to the bound.
+It answers one of the typed outcomes below; ``web.predict`` maps them to HTTP.
 """
 
 import contextlib
 import time
 from dataclasses import dataclass
 
-from common.celery_app import PREDICT_TASK
-from common.jobs import JobError, JobStatus, new_job_id
+from common.jobs import JobError, JobStatus, QueuedJob, new_job_id
 from common.store.jobs import merge_results
 from web import metrics
 from web.errors import UNAVAILABLE_ERRORS
@@ -110,7 +110,7 @@ def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: f
     deadline = now + (deadline_s or settings.job_deadline_s)
     try:
         services.stores.jobs.create(job_id, texts, known, deadline)
-        services.celery.send_task(PREDICT_TASK, args=[job_id, missing, deadline, now])
+        services.dispatcher.send(QueuedJob(job_id, missing, deadline, now))
     except Exception:
         with contextlib.suppress(*UNAVAILABLE_ERRORS):
             services.stores.queue.release(job_id)

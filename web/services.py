@@ -1,4 +1,4 @@
-"""What request handlers share: settings, Redis stores, a blocking client for waits and the Celery app."""
+"""What request handlers share: settings, Redis stores, a blocking client for waits, the Celery app and its dispatcher."""
 
 import time
 
@@ -7,6 +7,7 @@ from flask import Flask, current_app
 from common.celery_app import create_celery
 from common.settings import Settings
 from common.store import connect, stores_from_settings
+from web.dispatch import JobDispatcher
 from web.hot_cache import HotCache
 
 EXTENSION_KEY = "sentiment"
@@ -22,6 +23,7 @@ class Services:
         # BLPOP blocks for up to SYNC_WAIT_S, so this client's read timeout must be longer.
         self.blocking_redis = connect(settings.redis_url, socket_timeout=settings.sync_wait_s + 5)
         self.celery = create_celery(settings)
+        self.dispatcher = JobDispatcher(self.celery)
         self.hot_cache = HotCache(settings.web_cache_entries)
         self._model_identity: str | None = None
         self._model_identity_read_at = float("-inf")

@@ -6,10 +6,12 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from functools import partial
 
 import redis
 
-from common.jobs import JobError
+from common.jobs import JobError, QueuedJob
 from common.store import stores_from_settings
 from common.store.workers import HEARTBEAT_INTERVAL_S
 from model.core import default_threads, load_classifier
@@ -127,29 +129,50 @@ class WorkerRuntime:
         except redis.RedisError as error:
             log.warning("could not record batch: %s", error)
 
-    def run_job(self, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
-        """Score a job's texts in shared batches, cache them and complete the job record."""
+    def run_jobs(self, jobs: list[QueuedJob]) -> dict[str, str]:
+        """Score one message's jobs in shared batches; cache and complete each as soon as its batch ends.
+
+        Answers each job's outcome (done, expired, failed, skipped). If inference failed, the other
+        jobs still end first, then the error is raised so Celery logs it.
+        """
         retries = RedisRetries(self.settings.visibility_timeout_s)
-        status = retries.run(lambda: self.stores.jobs.status(job_id), "reading a job")
-        if status is None or status.is_final:
-            # Expired record, or a redelivery of a job another worker already finished.
-            return "skipped"
-        if time.time() > deadline:
-            return self._expire(job_id, retries)
-        try:
-            results = self.batcher.submit(job_id, texts, deadline, enqueued_at).result()
-        except DeadlineExpired:
-            return self._expire(job_id, retries)
-        except Exception:
-            retries.run(lambda: self.stores.jobs.fail(job_id, JobError.INFERENCE_ERROR), "failing a job")
-            metrics.JOBS.labels("failed").inc()
-            raise
-        retries.run(lambda: self.stores.complete_job(job_id, self.model.identity, results), "completing a job")
-        metrics.JOBS.labels("done").inc()
-        return "done"
+        statuses = retries.run(partial(self.stores.jobs.statuses, [job.job_id for job in jobs]), "reading jobs")
+        outcomes: dict[str, str] = {}
+        running: dict[Future, str] = {}
+        now = time.time()
+        for job, status in zip(jobs, statuses):
+            if status is None or status.is_final:
+                # Expired record, or a redelivery of a job a worker already finished.
+                outcomes[job.job_id] = "skipped"
+            elif now > job.deadline:
+                outcomes[job.job_id] = self._expire(job.job_id, retries)
+            else:
+                running[self.batcher.submit(job.job_id, job.texts, job.deadline, job.enqueued_at)] = job.job_id
+        inference_error = None
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            results_by_job = {}
+            for future in finished:
+                job_id = running.pop(future)
+                try:
+                    results_by_job[job_id] = future.result()
+                except DeadlineExpired:
+                    outcomes[job_id] = self._expire(job_id, retries)
+                except Exception as error:
+                    retries.run(partial(self.stores.jobs.fail, job_id, JobError.INFERENCE_ERROR), "failing a job")
+                    metrics.JOBS.labels("failed").inc()
+                    outcomes[job_id] = "failed"
+                    inference_error = error
+            if results_by_job:
+                retries.run(partial(self.stores.complete_jobs, self.model.identity, results_by_job), "completing jobs")
+                metrics.JOBS.labels("done").inc(len(results_by_job))
+                outcomes.update(dict.fromkeys(results_by_job, "done"))
+        if inference_error is not None:
+            raise inference_error
+        return outcomes
 
     def _expire(self, job_id: str, retries: RedisRetries) -> str:
-        retries.run(lambda: self.stores.queue.release(job_id), "releasing a job")
-        retries.run(lambda: self.stores.jobs.fail(job_id, JobError.EXPIRED), "expiring a job")
+        retries.run(partial(self.stores.queue.release, job_id), "releasing a job")
+        retries.run(partial(self.stores.jobs.fail, job_id, JobError.EXPIRED), "expiring a job")
         metrics.JOBS.labels("expired").inc()
         return "expired"

@@ -1,11 +1,17 @@
-"""The Celery task: deserialise, hand to the runtime, done. The web side sends it by name."""
+"""The Celery tasks: deserialise, hand to the runtime, done. The web side sends them by name."""
 
-from common.celery_app import PREDICT_TASK
+from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK
+from common.jobs import QueuedJob
 
 
 def register_tasks(celery_app, runtime) -> None:
-    """Register the predict task on ``celery_app``, bound to this process's runtime."""
+    """Register the predict tasks on ``celery_app``, bound to this process's runtime."""
 
+    @celery_app.task(name=PREDICT_JOBS_TASK)
+    def predict_jobs(jobs: list[dict]) -> dict[str, str]:
+        return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs])
+
+    # Web processes of the previous release send one job per message; keep serving them during a rollout.
     @celery_app.task(name=PREDICT_TASK)
     def predict(job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
-        return runtime.run_job(job_id, texts, deadline, enqueued_at)
+        return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)])[job_id]

@@ -46,20 +46,22 @@ class Stores:
             workers=WorkerRegistry(main),
         )
 
-    def complete_job(self, job_id: str, model_identity: str, results: dict[str, list]) -> None:
-        """Cache a job's results, then mark it done and wake its waiter.
+    def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
+        """Cache the jobs' results, then mark each done and wake its waiter.
 
         Cached before anyone sees the answer, so a client that repeats its texts finds them in the
         cache; one round trip when the cache is the main Redis.
         """
+        computed = {text: prediction for results in results_by_job.values() for text, prediction in results.items()}
         if self.cache.client is self.main:
             pipe = self.main.pipeline(transaction=False)
-            self.cache.store(model_identity, results, pipe)
-            self.jobs.finish(job_id, results, pipe)
-            pipe.execute()
+            self.cache.store(model_identity, computed, pipe)
         else:
-            self.cache.store(model_identity, results)
-            self.jobs.finish(job_id, results)
+            self.cache.store(model_identity, computed)
+            pipe = self.main.pipeline(transaction=False)
+        for job_id, results in results_by_job.items():
+            self.jobs.finish(job_id, results, pipe)
+        pipe.execute()
 
     def start_jobs(self, job_ids: list[str]) -> None:
         """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip."""

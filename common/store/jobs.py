@@ -96,10 +96,12 @@ class JobRecords:
             error=JobError(fields["error"]) if fields.get("error") else None,
         )
 
-    def status(self, job_id: str) -> JobStatus | None:
-        """Just the status, without reading the texts."""
-        status = self.client.hget(job_key(job_id), "status")
-        return JobStatus(status) if status is not None else None
+    def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Just the jobs' statuses (None for unknown or expired), in one round trip, without reading texts."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "status")
+        return [JobStatus(status) if status is not None else None for status in pipe.execute()]
 
     def mark_running(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
         """Move a queued job to running; with ``pipeline``, only queue the command there."""

@@ -1,0 +1,99 @@
+"""The web dispatcher: concurrent requests' jobs share Celery messages, with no fixed wait.
+
+The broker is replaced by a recorder whose publish can be held open, so the tests decide which jobs
+arrive while a message is on its way; the real broker path is covered by the service tests.
+"""
+
+import threading
+
+import pytest
+
+from common.celery_app import PREDICT_JOBS_TASK
+from common.jobs import QueuedJob
+from web.dispatch import JobDispatcher
+
+WAIT_S = 5
+
+
+class RecordingCelery:
+    """Records each published message; a publish blocks while ``hold`` is clear."""
+
+    def __init__(self):
+        self.messages: list[list[str]] = []
+        self.publishing = threading.Event()
+        self.hold = threading.Event()
+        self.hold.set()
+        self.fail_next = False
+
+    def send_task(self, name, args):
+        assert name == PREDICT_JOBS_TASK
+        self.publishing.set()
+        assert self.hold.wait(WAIT_S)
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("broker away")
+        self.messages.append([job["job_id"] for job in args[0]])
+
+
+def job(job_id: str) -> QueuedJob:
+    return QueuedJob(job_id, [f"text of {job_id}"], deadline=1e12, enqueued_at=0.0)
+
+
+def send_in_thread(dispatcher: JobDispatcher, job_id: str, errors: dict) -> threading.Thread:
+    def send():
+        try:
+            dispatcher.send(job(job_id))
+        except Exception as error:
+            errors[job_id] = error
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def wait_until_waiting(dispatcher: JobDispatcher, count: int) -> None:
+    for _ in range(WAIT_S * 100):
+        if len(dispatcher._waiting) == count:
+            return
+        threading.Event().wait(0.01)
+    pytest.fail(f"{count} jobs never queued behind the publish in flight")
+
+
+def test_a_lone_job_leaves_at_once_in_its_own_message():
+    celery = RecordingCelery()
+    JobDispatcher(celery).send(job("alone"))
+    assert celery.messages == [["alone"]]
+
+
+def test_jobs_arriving_during_a_publish_leave_together_in_the_next_message():
+    celery, errors = RecordingCelery(), {}
+    dispatcher = JobDispatcher(celery)
+    celery.hold.clear()
+    first = send_in_thread(dispatcher, "first", errors)
+    assert celery.publishing.wait(WAIT_S)
+    later = [send_in_thread(dispatcher, f"later-{i}", errors) for i in range(5)]
+    wait_until_waiting(dispatcher, 5)
+    celery.hold.set()
+    for thread in [first, *later]:
+        thread.join(WAIT_S)
+    assert not errors
+    assert celery.messages[0] == ["first"]
+    assert sorted(celery.messages[1]) == [f"later-{i}" for i in range(5)], celery.messages
+    assert len(celery.messages) == 2
+
+
+def test_a_failed_publish_fails_the_requests_it_carried_and_the_next_message_still_leaves():
+    celery, errors = RecordingCelery(), {}
+    dispatcher = JobDispatcher(celery)
+    celery.hold.clear()
+    celery.fail_next = True
+    first = send_in_thread(dispatcher, "first", errors)
+    assert celery.publishing.wait(WAIT_S)
+    later = send_in_thread(dispatcher, "later", errors)
+    wait_until_waiting(dispatcher, 1)
+    celery.hold.set()
+    first.join(WAIT_S)
+    later.join(WAIT_S)
+    assert isinstance(errors.pop("first"), ConnectionError)
+    assert not errors
+    assert celery.messages == [["later"]]
