@@ -10,7 +10,7 @@ PREDICT_TASK = "sentiment.predict"
 
 def create_celery(settings) -> Celery:
     """Build a Celery app on the Redis broker with the service's reliability settings."""
-    app = Celery("sentiment", broker=settings.redis_url, set_as_current=False)
+    app = Celery("sentiment", broker=settings.redis_connection_url, set_as_current=False)
     app.conf.update(
         # JSON only: a pickle payload from the broker would be code execution.
         task_serializer="json",

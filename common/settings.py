@@ -8,13 +8,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 # model.BUNDLED_MODEL_DIR, spelled out here so the web side (and its image) needs nothing from model/.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "sst2-minilm-l6"
 
 
-def _setting(env: str, default, doc: str):
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _setting(env: str, default, doc: str, secret: bool = False):
+    # A secret stays out of repr(), so logging the settings never logs it.
+    return field(default=default, repr=not secret, metadata={"env": env, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,15 @@ class Settings:
     """Service settings; see docs/settings.md for the trade-off behind each default."""
 
     redis_url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", "Broker, job records and worker heartbeats.")
+    redis_password: str = _setting(
+        "REDIS_PASSWORD",
+        "",
+        "Password of both Redis servers (AUTH), filled into REDIS_URL and CACHE_REDIS_URL; empty: none.",
+        secret=True,
+    )
+    redis_password_file: str = _setting(
+        "REDIS_PASSWORD_FILE", "", "File holding the Redis password (a mounted secret); wins over REDIS_PASSWORD."
+    )
     cache_redis_url: str = _setting(
         "CACHE_REDIS_URL", "", "Prediction cache; empty means REDIS_URL. Give the cache its own evicting Redis in production."
     )
@@ -89,8 +100,24 @@ class Settings:
 
     @property
     def cache_url(self) -> str:
-        """Redis URL of the prediction cache."""
+        """Redis URL of the prediction cache, as configured (no password)."""
         return self.cache_redis_url or self.redis_url
+
+    @property
+    def redis_connection_url(self) -> str:
+        """REDIS_URL with the password filled in: for connecting only, never for a log line."""
+        return with_password(self.redis_url, self.effective_redis_password())
+
+    @property
+    def cache_connection_url(self) -> str:
+        """The cache's URL with the password filled in: for connecting only, never for a log line."""
+        return with_password(self.cache_url, self.effective_redis_password())
+
+    def effective_redis_password(self) -> str:
+        """The password from REDIS_PASSWORD_FILE (re-read each call, so a rotated file is seen), else REDIS_PASSWORD."""
+        if self.redis_password_file:
+            return Path(self.redis_password_file).read_text().strip()
+        return self.redis_password
 
     @property
     def web_bind(self) -> str:
@@ -106,3 +133,12 @@ class Settings:
 def documented_settings() -> list[tuple[str, object, str]]:
     """(variable, default, description) for every setting, for docs/settings.md and tests."""
     return [(item.metadata["env"], item.default, item.metadata["doc"]) for item in fields(Settings)]
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its AUTH password, unless it is empty or the URL already carries one."""
+    parts = urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    user = quote(parts.username, safe="") if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"))

@@ -16,6 +16,11 @@ az aks get-credentials --resource-group "$RESOURCE_GROUP" --name "$CLUSTER" --ov
 kubectl get crd scaledobjects.keda.sh >/dev/null \
   || { echo "KEDA is not installed in $CLUSTER: az aks update -g $RESOURCE_GROUP -n $CLUSTER --enable-keda"; exit 1; }
 
+# The Redis password: a random one on the first deploy; an existing Secret is kept (docs/deployment.md rotates it).
+kubectl get namespace sentiment >/dev/null 2>&1 || kubectl create namespace sentiment
+kubectl -n sentiment get secret sentiment-redis-auth >/dev/null 2>&1 \
+  || kubectl -n sentiment create secret generic sentiment-redis-auth --from-literal=password="$(openssl rand -hex 32)"
+
 # A throw-away overlay on top of the chosen one pins the registry and tag for this deploy.
 deploy_dir="k8s/overlays/.deploy-$TAG"
 trap 'rm -rf "$deploy_dir"' EXIT

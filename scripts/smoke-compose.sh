@@ -121,6 +121,11 @@ step "POST /predict with 1 worker"
 check_predict one
 ok
 
+step "Redis refuses a client without the password"
+refusal="$("$DOCKER" run --rm --network host redis:7.2.5-bookworm redis-cli -p 16379 ping 2>&1)"
+echo "$refusal" | grep -q NOAUTH || fail "expected NOAUTH, got: $refusal"
+ok "$refusal"
+
 step "scale workers to 2"
 "${COMPOSE[@]}" up -d --no-recreate --scale worker=2 worker >>"$WORK/compose-up.log" 2>&1 || fail "see $WORK/compose-up.log"
 wait_for_workers 2

@@ -86,8 +86,10 @@ class RedisServer:
 
     name = "redis-server"
 
-    def __init__(self, port: int | None = None, appendfsync: str = "always"):
+    def __init__(self, port: int | None = None, appendfsync: str = "always", password: str = ""):
         self.port = port or free_port()
+        # Clients must AUTH with it when set; it reaches redis-server on stdin, never in its arguments.
+        self.password = password
         # "always" lets a test SIGKILL Redis without losing a queued job; "everysec" is Redis's faster default.
         self.appendfsync = appendfsync
         self.folder = Path(tempfile.mkdtemp(prefix="sentiment-redis-"))
@@ -107,6 +109,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 binary,
+                "-",  # the rest of the configuration from stdin: the password, if any
                 "--port",
                 str(self.port),
                 "--bind",
@@ -122,10 +125,14 @@ class RedisServer:
                 "--appendfsync",
                 self.appendfsync,
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
-        client = redis.Redis(host=LOOPBACK, port=self.port, socket_connect_timeout=0.5)
+        quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')  # Redis's config syntax
+        self.process.stdin.write(f'requirepass "{quoted}"\n'.encode() if self.password else b"")
+        self.process.stdin.close()
+        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password or None, socket_connect_timeout=0.5)
 
         def answers() -> bool:
             if not self.alive():

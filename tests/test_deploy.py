@@ -3,13 +3,17 @@
 import shutil
 import subprocess
 import sys
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from common.settings import Settings
 from tests.support import REPO
+from web.security import is_open_path
 
-# KEDA ScaledObject fields (keda.sh/v1alpha1), from KEDA's documentation: ScaledObject spec and the redis lists scaler.
+# KEDA ScaledObject fields (keda.sh/v1alpha1), from KEDA's documentation: ScaledObject spec and the metrics-api scaler.
 SCALED_OBJECT_SPEC = {
     "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
     "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
@@ -17,11 +21,11 @@ SCALED_OBJECT_SPEC = {
 SCALE_TARGET_REF = {"apiVersion", "kind", "name", "envSourceContainerName"}
 ADVANCED = {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig", "scalingModifiers"}
 HPA_CONFIG = {"name", "behavior"}
+FALLBACK = {"failureThreshold", "replicas"}
 TRIGGER = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
-REDIS_LIST_METADATA = {
-    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "usernameFromEnv", "passwordFromEnv",
-    "listName", "listLength", "activationListLength", "enableTLS", "unsafeSsl", "databaseIndex",
-}  # fmt: skip
+METRIC_TYPES = {"AverageValue", "Value", "Utilization"}
+METRICS_API_METADATA = {"url", "valueLocation", "targetValue", "activationTargetValue", "format", "unsafeSsl", "authMode"}
+REDIS_SECRET = "sentiment-redis-auth"
 
 
 def render(overlay: str) -> list[dict]:
@@ -52,25 +56,60 @@ def test_scaled_object_uses_only_documented_keda_fields(manifests):
     assert set(spec["scaleTargetRef"]) <= SCALE_TARGET_REF
     assert set(spec.get("advanced", {})) <= ADVANCED
     assert set(spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {})) <= HPA_CONFIG
+    assert set(spec.get("fallback", {})) <= FALLBACK
     for trigger in spec["triggers"]:
         assert set(trigger) <= TRIGGER
-        assert trigger["type"] == "redis"
-        assert set(trigger["metadata"]) <= REDIS_LIST_METADATA
+        assert trigger["type"] == "metrics-api"
+        assert trigger.get("metricType", "AverageValue") in METRIC_TYPES
+        assert set(trigger["metadata"]) <= METRICS_API_METADATA
         # KEDA reads every metadata value as a string.
         assert all(isinstance(value, str) for value in trigger["metadata"].values())
+    if "fallback" in spec:  # KEDA's fallback works only with AverageValue triggers
+        assert all(trigger.get("metricType", "AverageValue") == "AverageValue" for trigger in spec["triggers"])
 
 
-def test_scaled_object_scales_the_worker_on_the_celery_queue(manifests):
+def test_scaled_object_scales_the_worker_on_the_backlog_the_web_pods_serve(manifests):
+    from web import create_app
+    from web.schemas import BacklogSchema
+
     (scaled,) = of_kind(manifests, "ScaledObject")
     spec = scaled["spec"]
     worker = next(d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == spec["scaleTargetRef"]["name"])
-    (config,) = of_kind(manifests, "ConfigMap")
-    assert spec["triggers"][0]["metadata"]["listName"] == config["data"]["QUEUE_NAME"]
-    assert spec["triggers"][0]["metadata"]["address"].startswith(config["data"]["REDIS_URL"].split("//")[1].split(":")[0])
+    (trigger,) = spec["triggers"]
+    url = urlsplit(trigger["metadata"]["url"])
+    service = next(s for s in of_kind(manifests, "Service") if url.hostname.startswith(s["metadata"]["name"] + "."))
+    assert url.hostname == f"{service['metadata']['name']}.{scaled['metadata']['namespace']}.svc.cluster.local"
+    assert (url.port or 80) in {port["port"] for port in service["spec"]["ports"]}
+    assert service["spec"]["selector"]["app.kubernetes.io/name"] == "sentiment-web"
+    # The path and field exist in the API, and the path is open (KEDA sends no API key).
+    assert url.path in create_app(Settings.from_env(environ={})).test_client().get("/openapi.json").get_json()["paths"]
+    assert is_open_path(url.path)
+    assert trigger["metadata"]["valueLocation"] in BacklogSchema().fields
+    assert float(trigger["metadata"]["targetValue"]) > 0
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     assert spec["cooldownPeriod"] > 0
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= 60, "a worker needs time to finish its batch on SIGTERM"
+
+
+def test_every_redis_server_and_client_pod_uses_the_password_secret(manifests):
+    (config,) = of_kind(manifests, "ConfigMap")
+    password_file = config["data"]["REDIS_PASSWORD_FILE"]
+    for workload in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet"):
+        pod = workload["spec"]["template"]["spec"]
+        secret_volumes = {v["name"] for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == REDIS_SECRET}
+        assert secret_volumes, f"{workload['metadata']['name']} does not mount the Secret {REDIS_SECRET}"
+        for container in pod["containers"] + pod.get("initContainers", []):
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_volumes}
+            assert str(PurePosixPath(password_file).parent) in mounts, f"{container['name']} lacks the password file"
+            script = " ".join(container.get("command", []) + container.get("args", []))
+            if "redis-server" in script:  # a server: requirepass from the file, never on its command line
+                assert "requirepass" in script and password_file in script
+            probes = [container.get(p, {}).get("exec", {}).get("command", []) for p in ("readinessProbe", "livenessProbe")]
+            for probe in filter(None, probes):
+                assert "REDISCLI_AUTH" in " ".join(probe), f"{container['name']}'s probe would be refused"
+    # Nothing in the rendered manifests carries a password value: only the Secret's name.
+    assert not of_kind(manifests, "Secret")
 
 
 def test_pods_are_hardened(manifests):
@@ -126,6 +165,7 @@ def test_compose_publishes_only_web_grafana_and_flower_and_gates_on_health():
     services = compose["services"]
     assert {"redis", "web", "worker", "flower", "prometheus", "grafana"} <= set(services)
     assert {name for name, service in services.items() if service.get("ports")} == {"web", "grafana", "flower"}
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"], "Flower is published on this host's loopback only"
     for name, service in services.items():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name} image {image!r} is not pinned"
@@ -137,6 +177,28 @@ def test_compose_publishes_only_web_grafana_and_flower_and_gates_on_health():
     for name in ("web", "worker"):
         assert all(dep["condition"] == "service_healthy" for dep in services[name]["depends_on"].values())
         assert "container_name" not in services[name]  # --scale needs generated names
+
+
+def test_compose_locks_redis_flower_and_grafana_with_generated_secrets():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    secrets_script = services["secrets"]["command"][0]
+    assert "/dev/urandom" in secrets_script and "requirepass" in secrets_script
+    for name in ("redis", "redis-cache"):
+        assert services[name]["command"][1] == "/run/secrets/sentiment/redis.conf"  # holds requirepass
+        assert services[name]["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+        assert "REDISCLI_AUTH" in " ".join(services[name]["healthcheck"]["test"])
+    for name in ("web", "worker"):
+        assert services[name]["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/sentiment/redis-password"
+        assert "secrets:/run/secrets/sentiment:ro" in services[name]["volumes"]
+    flower = " ".join(services["flower"]["command"])
+    assert "FLOWER_BASIC_AUTH" in flower and "redis-password" in flower
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"].startswith("/run/secrets/sentiment/")
+    assert grafana.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (flower_job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == "flower"]
+    assert flower_job["basic_auth"]["password_file"] == "/run/secrets/sentiment/flower-password"
 
 
 def test_dockerfiles_run_as_non_root_and_keep_torch_out_of_web():

@@ -33,6 +33,7 @@ def test_full_queue_answers_429_with_retry_after_and_ready_reports_overload(serv
     # Answering from cache needs no queue room; nothing new was queued by the refusal.
     store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
     assert store.queue.queued_texts() == 3
+    assert client.get("/backlog").get_json() == {"queued_texts": 3}  # what KEDA scales workers on
     store.workers.heartbeat("fake-worker", "model@x")
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.get_json()["status"] == "overloaded"

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.api_keys_enabled:
         require_api_keys(app, settings.api_key_hashes)
     if settings.rate_limit:
-        limit_rate(app, settings.rate_limit, settings.redis_url)
+        limit_rate(app, settings.rate_limit, settings.redis_connection_url)
 
     @app.get("/docs/assets/<path:filename>")
     def swagger_ui_assets(filename):

@@ -1,9 +1,9 @@
-"""GET /health (the process is up) and GET /ready (Redis answers and a worker is consuming)."""
+"""GET /health (the process is up), GET /ready (Redis answers and a worker is consuming) and GET /backlog (work waiting)."""
 
 from web.errors import UNAVAILABLE_ERRORS, NoWorkers, RedisUnavailable
 from web.parsing import ApiBlueprint
 from web.predict import json_response
-from web.schemas import ErrorSchema, HealthSchema, ReadySchema
+from web.schemas import BacklogSchema, ErrorSchema, HealthSchema, ReadySchema
 from web.services import services
 
 RETRY_AFTER = {"Retry-After": "5"}
@@ -40,3 +40,19 @@ def ready():
         raise NoWorkers("no worker has sent a heartbeat recently", context, RETRY_AFTER)
     status = "overloaded" if queued >= current.settings.max_queued_texts else "ready"
     return json_response({"status": status, **context})
+
+
+@blp.route("/backlog", methods=["GET"])
+@blp.alt_response(200, schema=BacklogSchema, description="The texts waiting for a worker.", success=True)
+@blp.alt_response(503, schema=ErrorSchema, description="Redis unreachable.")
+def backlog():
+    """Texts waiting for a forward pass, queued or already held by a worker: what KEDA scales workers on.
+
+    The Celery list alone leaves out the messages workers have reserved (up to WORKER_CONCURRENCY
+    each), so scaling on it reacts late; this counter covers both (docs/deployment.md).
+    """
+    try:
+        queued = services().stores.queue.queued_texts()
+    except UNAVAILABLE_ERRORS:
+        raise RedisUnavailable("Redis does not answer", headers=RETRY_AFTER) from None
+    return json_response({"queued_texts": queued})

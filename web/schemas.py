@@ -82,6 +82,16 @@ class ReadySchema(Schema):
     queued_texts = fields.Integer(required=True)
 
 
+class BacklogSchema(Schema):
+    queued_texts = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Texts accepted but not yet in a forward pass: in the Celery queue or held by a worker. "
+            "KEDA scales workers on it."
+        },
+    )
+
+
 def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
     """Request body and query schemas, bounded by this deployment's settings."""
 

@@ -11,9 +11,9 @@ from flask_limiter.util import get_remote_address
 
 from web.errors import RateLimited, Unauthorized
 
-# Probes, scrapes and the API description stay open: they carry no scores and some callers
-# (kubelet, Prometheus, a browser loading Swagger UI's assets) cannot send a key.
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/openapi.json", "/docs")
+# Probes, scrapes, the backlog and the API description stay open: they carry no scores and some
+# callers (kubelet, Prometheus, KEDA, a browser loading Swagger UI's assets) cannot send a key.
+OPEN_PATHS = ("/health", "/ready", "/backlog", "/metrics", "/openapi.json", "/docs")
 API_KEY_HEADER = "X-API-Key"
 # The OpenAPI security scheme for that header, so Swagger UI's Authorize button can send it.
 API_KEY_SCHEME = "ApiKey"

@@ -21,7 +21,7 @@ class Services:
         self.settings = settings
         self.stores = stores_from_settings(settings)
         # BLPOP blocks for up to SYNC_WAIT_S, so this client's read timeout must be longer.
-        self.blocking_redis = connect(settings.redis_url, socket_timeout=settings.sync_wait_s + 5)
+        self.blocking_redis = connect(settings.redis_connection_url, socket_timeout=settings.sync_wait_s + 5)
         self.celery = create_celery(settings)
         self.dispatcher = JobDispatcher(self.celery)
         self.hot_cache = HotCache(settings.web_cache_entries)

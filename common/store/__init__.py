@@ -74,6 +74,6 @@ class Stores:
 
 def stores_from_settings(settings) -> Stores:
     """Build the Stores for these settings."""
-    main = connect(settings.redis_url)
-    cache = main if settings.cache_url == settings.redis_url else connect(settings.cache_url)
+    main = connect(settings.redis_connection_url)
+    cache = main if settings.cache_url == settings.redis_url else connect(settings.cache_connection_url)
     return Stores.over(main, cache, settings.job_ttl_s, settings.cache_ttl_s)
