@@ -1,15 +1,17 @@
 """Soak run: N minutes of mixed cached, uncached and async load (loadtest/soak.js) on a local stack.
 
     python -m bench.soak --minutes 5          (python -m bench.soak --minutes 30 for the long run)
+    python -m bench.soak --minutes 6 --worker-env MALLOC_ARENA_MAX=2   (try a setting on the worker)
 
 Reports requests, errors, async jobs done and lost, and the RSS of the web (all gunicorn
-processes) and the worker at the start and the end. Not part of CI.
+processes) and the worker at the start, every minute and at the end. Not part of CI.
 """
 
 import argparse
 import json
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,10 +38,48 @@ def rss_mib(root_pid: int) -> float:
     return total_kib / 1024
 
 
+class RssSampler:
+    """Samples the web's and the worker's RSS once a minute while the load runs."""
+
+    def __init__(self, web_pid: int, worker_pid: int, interval_s: float = 60):
+        self.pids = {"web": web_pid, "worker": worker_pid}
+        self.interval_s = interval_s
+        self.samples: dict[str, list[int]] = {"web": [], "worker": []}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.samples[name].append(round(rss_mib(pid)))
+
+    def _run(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def growth_over_last(samples: list[int], minutes: int) -> str:
+    """Growth over the last ``minutes`` samples, as a percentage of where that window started."""
+    window = samples[-(minutes + 1) :]
+    return f"{100 * (window[-1] - window[0]) / window[0]:+.1f}% over the last {len(window) - 1} min"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--sentences", default="", help="JSON list of sentences (bench.run writes results/sentences.json)")
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="NAME=VALUE", help="an extra environment variable for the worker"
+    )
     args = parser.parse_args()
 
     server = RedisServer()
@@ -47,7 +87,7 @@ def main() -> None:
     client = redis.Redis.from_url(server.url, decode_responses=True)
     env = {"REDIS_URL": server.url, "WORKER_METRICS_PORT": "0", "TORCH_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     port = free_port()
-    worker = start_worker(env, client)
+    worker = start_worker({**env, **dict(item.split("=", 1) for item in args.worker_env)}, client)
     web = start_web(env, port)
     try:
         # Warm up so the start figures include the loaded model and imported code, not just boot.
@@ -70,7 +110,9 @@ def main() -> None:
         if args.sentences:
             k6_env += ["-e", f"SENTENCES={Path(args.sentences).resolve()}"]
         started = time.time()
-        subprocess.run([K6, "run", "--quiet", "--summary-export", str(summary_path), *k6_env, str(REPO / "loadtest" / "soak.js")])
+        with RssSampler(web.pid, worker.pid) as rss:
+            load = [K6, "run", "--quiet", "--summary-export", str(summary_path), *k6_env, str(REPO / "loadtest" / "soak.js")]
+            subprocess.run(load)
         end = {"web_mib": rss_mib(web.pid), "worker_mib": rss_mib(worker.pid)}
         metrics = json.loads(summary_path.read_text())["metrics"]
         store = Stores.over(client, client, 60, 60)
@@ -86,6 +128,11 @@ def main() -> None:
             "queued_texts_left": store.queue.queued_texts(),
             "rss_web_mib": f"{start['web_mib']:.0f} -> {end['web_mib']:.0f}",
             "rss_worker_mib": f"{start['worker_mib']:.0f} -> {end['worker_mib']:.0f}",
+            "rss_worker_mib_by_minute": rss.samples["worker"],
+            "rss_web_mib_by_minute": rss.samples["web"],
+            "rss_worker_growth": growth_over_last(rss.samples["worker"], 20),
+            "rss_web_growth": growth_over_last(rss.samples["web"], 20),
+            "worker_env": args.worker_env,
             "web_alive": web.alive(),
             "worker_alive": worker.alive(),
         }

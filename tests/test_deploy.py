@@ -112,6 +112,75 @@ def test_every_redis_server_and_client_pod_uses_the_password_secret(manifests):
     assert not of_kind(manifests, "Secret")
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "extend selects() for this operator"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, source_namespace: str, source_labels: dict, own_namespace: str) -> bool:
+    if "namespaceSelector" in peer:
+        namespace_ok = selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": source_namespace})
+    else:  # a bare podSelector means pods of the policy's own namespace
+        namespace_ok = source_namespace == own_namespace
+    return namespace_ok and selects(peer.get("podSelector", {}), source_labels)
+
+
+def ingress_allowed(manifests, target: str, port: int, source_namespace: str, source_labels: dict) -> bool:
+    """What the rendered NetworkPolicies decide for a TCP connection to pod ``target`` on ``port``."""
+    policies = [
+        policy
+        for policy in of_kind(manifests, "NetworkPolicy")
+        if "Ingress" in policy["spec"]["policyTypes"]
+        and selects(policy["spec"]["podSelector"], {"app.kubernetes.io/name": target})
+    ]
+    assert policies, f"no policy isolates {target}"
+    return any(
+        any(p.get("port") == port for p in rule.get("ports", [{"port": port}]))
+        and any(peer_matches(peer, source_namespace, source_labels, policy["metadata"]["namespace"]) for peer in rule["from"])
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+def test_network_policies_let_only_the_intended_peers_in(manifests):
+    namespace = of_kind(manifests, "Namespace")[0]["metadata"]["name"]
+
+    def pod(name):
+        return (namespace, {"app.kubernetes.io/name": name})
+
+    stranger = (namespace, {"app": "anything-else"})
+    other_namespace = ("default", {"app": "curious"})
+    ingress_controller = ("app-routing-system", {"app": "nginx"})
+    keda = ("kube-system", {"app": "keda-operator"})
+    prometheus = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    for redis_server in ("sentiment-redis", "sentiment-redis-cache"):
+        for source in (pod("sentiment-web"), pod("sentiment-worker")):
+            assert ingress_allowed(manifests, redis_server, 6379, *source)
+        for source in (stranger, other_namespace, ingress_controller, keda, prometheus, pod("sentiment-redis")):
+            assert not ingress_allowed(manifests, redis_server, 6379, *source), f"{source} reaches {redis_server}"
+    for source in (ingress_controller, keda, prometheus):
+        assert ingress_allowed(manifests, "sentiment-web", 8000, *source)
+    for source in (stranger, other_namespace, ("kube-system", {"app": "something-else"})):
+        assert not ingress_allowed(manifests, "sentiment-web", 8000, *source), f"{source} reaches web"
+    assert ingress_allowed(manifests, "sentiment-worker", 9101, *prometheus)
+    for source in (stranger, other_namespace, ingress_controller, pod("sentiment-web")):
+        assert not ingress_allowed(manifests, "sentiment-worker", 9101, *source), f"{source} reaches the worker's metrics"
+    policies = of_kind(manifests, "NetworkPolicy")
+    default_deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
+    assert any(set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} for p in default_deny)
+    # Egress: web and worker reach the Redis servers; the servers themselves call no one (DNS aside).
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = {p["port"] for p in rule["ports"]}
+            assert ports in ({6379}, {53}), f"{policy['metadata']['name']} opens egress to {ports}"
+
+
 def test_pods_are_hardened(manifests):
     for pod in pod_specs(manifests):
         assert pod["securityContext"]["runAsNonRoot"] is True
