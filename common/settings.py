@@ -58,6 +58,12 @@ class Settings:
         64,
         "Celery messages one worker process holds at once (threads); each carries the jobs of one or more requests.",
     )
+    worker_max_rss_mb: int = _setting(
+        "WORKER_MAX_RSS_MB",
+        0,
+        "Past this resident memory (MiB) a worker takes no more jobs, finishes those it holds and exits, "
+        "for its orchestrator to restart it; 0: never.",
+    )
     worker_metrics_port: int = _setting("WORKER_METRICS_PORT", 9101, "Worker's Prometheus /metrics port; 0 turns it off.")
     worker_metrics_host: str = _setting(
         "WORKER_METRICS_HOST", "127.0.0.1", "Address the worker's /metrics binds; 0.0.0.0 in containers."

@@ -82,6 +82,28 @@ def test_worker_sigkilled_mid_batch_its_jobs_complete_on_a_new_worker(stack):
     assert_all_done(web_url, submitted, 120)
 
 
+def test_worker_past_its_memory_limit_finishes_held_jobs_and_exits_for_a_restart(stack):
+    server, env, client, processes = stack
+    web_port = free_port()
+    processes.append(start_web(env, web_port, processes=1))
+    web_url = f"http://127.0.0.1:{web_port}"
+    # Queued before the worker starts, one message each; the worker holds two messages at a time.
+    submitted = submit_long_jobs(web_url, jobs=6, texts_per_job=8)
+    # Any worker is past 1 MiB, so this one recycles once its first message is done.
+    bloated = start_worker({**env, "WORKER_MAX_RSS_MB": "1", "WORKER_CONCURRENCY": "2"}, client, "bloated-worker")
+    processes.append(bloated)
+    exit_code = bloated.process.wait(90)
+    assert "passed WORKER_MAX_RSS_MB=1" in bloated.log(), bloated.tail()
+    assert exit_code == 0, bloated.tail()
+    statuses = {job_id: job_status(web_url, job_id)["status"] for job_id, _ in submitted}
+    assert "done" in statuses.values(), f"the worker finished no job before exiting: {statuses}"
+    assert "failed" not in statuses.values(), statuses
+    assert list(statuses.values()).count("done") < len(submitted), f"it kept taking jobs past its limit: {statuses}"
+    # What it never took, or gave back unacked, waits for the next worker: nothing is lost.
+    processes.append(start_worker(env, client, "fresh-worker"))
+    assert_all_done(web_url, submitted, 120)
+
+
 def test_worker_sigterm_finishes_its_batch_before_exiting(stack):
     server, env, client, processes = stack
     web_port = free_port()

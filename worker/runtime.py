@@ -2,12 +2,14 @@
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
+from pathlib import Path
 
 import redis
 
@@ -25,6 +27,12 @@ def load_model(settings):
     """Load the configured model with the configured backend; raises ModelLoadError."""
     threads = settings.torch_threads or default_threads()
     return load_classifier(settings.model, settings.model_backend, settings.device, threads)
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB (Linux)."""
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class RedisRetries:
@@ -71,6 +79,7 @@ class WorkerRuntime:
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
         )
+        self._recycling = threading.Event()
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -170,6 +179,27 @@ class WorkerRuntime:
         if inference_error is not None:
             raise inference_error
         return outcomes
+
+    def recycle_if_too_big(self) -> None:
+        """Past WORKER_MAX_RSS_MB, begin Celery's warm shutdown: no more jobs, held ones finish, then exit.
+
+        The orchestrator (Kubernetes, compose's restart policy) starts a fresh process, so memory
+        that grew for any reason is given back before the pod's limit OOM-kills it mid-batch.
+        Checked after each message, when the memory a batch used has been released.
+        """
+        limit = self.settings.worker_max_rss_mb
+        if not limit or self._recycling.is_set():
+            return
+        rss = resident_mib()
+        if rss > limit:
+            self._recycling.set()
+            log.warning(
+                "resident memory %.0f MiB passed WORKER_MAX_RSS_MB=%d: taking no more jobs, finishing held ones, "
+                "then exiting for a restart",
+                rss,
+                limit,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _expire(self, job_id: str, retries: RedisRetries) -> str:
         retries.run(partial(self.stores.queue.release, job_id), "releasing a job")

@@ -9,9 +9,15 @@ def register_tasks(celery_app, runtime) -> None:
 
     @celery_app.task(name=PREDICT_JOBS_TASK)
     def predict_jobs(jobs: list[dict]) -> dict[str, str]:
-        return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs])
+        try:
+            return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs])
+        finally:
+            runtime.recycle_if_too_big()
 
     # Web processes of the previous release send one job per message; keep serving them during a rollout.
     @celery_app.task(name=PREDICT_TASK)
     def predict(job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
-        return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)])[job_id]
+        try:
+            return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)])[job_id]
+        finally:
+            runtime.recycle_if_too_big()
