@@ -87,3 +87,20 @@ def test_packed_forward_passes_are_sized_by_real_tokens():
     # Padded, a pair with the 40-token text costs 80 tokens; packed, 10 + 10 + 40 = 60 fits.
     assert length_sorted_batches(lengths, max_texts=8, max_tokens=60, padded=True) == [[0, 2], [1]]
     assert length_sorted_batches(lengths, max_texts=8, max_tokens=60, padded=False) == [[0, 2, 1]]
+
+
+def test_a_text_in_a_forward_pass_is_not_computed_again_by_the_next_batch():
+    model = GatedModel()
+    batcher = start_batcher(model)
+    try:
+        first = batcher.submit("first", ["the same words"], time.time() + 30, time.time())
+        assert model.forward_started.wait(5)
+        # Evidence the text is in flight: its forward pass holds it and has not returned.
+        assert len(model.batches) == 1 and not first.done()
+        again = batcher.submit("again", ["the same words", "other words here now"], time.time() + 30, time.time())
+        model.release.set()
+        assert again.result(5)["the same words"] == first.result(5)["the same words"]
+        # The second batch computed only the new text (4 tokens), not the 3-token one again.
+        assert [[len(ids) for ids in batch] for batch in model.batches] == [[3], [4]]
+    finally:
+        batcher.stop()

@@ -10,7 +10,7 @@ import requests
 from common.celery_app import PREDICT_TASK, create_celery
 from common.jobs import JobStatus, new_job_id
 from common.store import Stores
-from common.store.keys import PREFIX
+from common.store.keys import PREFIX, job_key
 from tests.support import wait_until
 
 
@@ -87,6 +87,47 @@ def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, store,
     assert texts_computed(store) - computed_before == 2
 
 
+def wait_for_an_idle_worker(store, redis_client) -> float:
+    """Wait until no job is queued or running (earlier tests may leave wait=0 jobs); the time it was so."""
+
+    def idle():
+        statuses = {redis_client.hget(key, "status") for key in job_keys(redis_client)}
+        return store.queue.queued_texts() == 0 and not statuses & {"queued", "running"}
+
+    wait_until(idle, 60, "the shared worker to finish earlier tests' jobs")
+    return time.time()
+
+
+def batches_since(store, since: float) -> list[dict]:
+    # By time, not by position: the log keeps only the last 1,000 batches.
+    return [batch for batch in store.workers.recent_batches() if batch["at"] >= since]
+
+
+def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(web_url, redis_client, store, unique):
+    shared = unique("a text several clients send at once")
+    # A first batch long enough (about a second) for the later requests to arrive while it runs.
+    long_texts = [unique(f"the film drags on , yet the final scenes are moving . take {i} " * 8) for i in range(31)]
+    since = wait_for_an_idle_worker(store, redis_client)
+    jobs_before = job_keys(redis_client)
+    first = post(web_url, [shared, *long_texts], query="?wait=0").json()
+
+    def running():
+        return requests.get(f"{web_url}/jobs/{first['job_id']}", timeout=10).json()["status"] == "running"
+
+    wait_until(running, 30, "the first job's batch to start")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(web_url, [shared]), range(8)))
+    assert [response.status_code for response in responses] == [200] * 8
+    assert len({str(response.json()["predictions"]) for response in responses}) == 1
+    # Evidence the later requests missed the cache (their text was still in the first job's batch),
+    # so each made a job of its own.
+    later_jobs = job_keys(redis_client) - jobs_before - {job_key(first["job_id"])}
+    assert len(later_jobs) == 8, f"only {len(later_jobs)} of the 8 requests made a job"
+    wait_until(lambda: requests.get(f"{web_url}/jobs/{first['job_id']}", timeout=10).json()["status"] == "done", 60, "job")
+    computed = sum(batch["texts"] for batch in batches_since(store, since))
+    assert computed == 32, f"32 distinct texts, {computed} computed"
+
+
 def test_wait_zero_answers_202_then_the_job_can_be_polled(web_url, unique):
     texts = [unique("polled one"), unique("polled two")]
     response = post(web_url, texts, "?wait=0")
@@ -110,7 +151,7 @@ def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, store, u
     batches_before = len(store.workers.recent_batches())
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda text: post(web_url, [text]), texts))
-    assert all(response.status_code == 200 for response in responses)
+    assert [response.status_code for response in responses] == [200] * 8
     batches = store.workers.recent_batches()[batches_before:]
     assert sum(batch["texts"] for batch in batches) == 32
     assert len(batches) <= 16, f"32 single-text requests took {len(batches)} forward passes"

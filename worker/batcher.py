@@ -7,12 +7,18 @@ rest in length-sorted forward passes bounded by BATCH_MAX_TEXTS and BATCH_MAX_TO
 model really computes: real tokens when it runs packed). Jobs that arrive during a forward pass
 form the next batch, so an idle model never waits and a busy one always has its next batch ready
 (TEI's policy).
+
+A text is computed once even when concurrent requests send it in jobs that land in different
+batches: the batcher keeps the predictions of its most recent texts (RECENT_RESULTS), so a job
+gathered while, or soon after, the same text was in a forward pass takes that pass's result
+instead of computing it again. (Its requests checked the cache before that result reached it.)
 """
 
 import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,6 +27,10 @@ from model.core import length_sorted_batches
 from worker.thread_names import FORWARD_THREAD_NAME, name_this_thread
 
 log = logging.getLogger(__name__)
+
+# Predictions kept for texts that arrive again before their first result reaches the cache: several
+# gathers' worth (GATHER_MAX_TEXTS is 256), a few MiB at most.
+RECENT_RESULTS = 4096
 
 
 class DeadlineExpired(Exception):
@@ -70,6 +80,8 @@ class Batcher:
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
         self._pending: queue.SimpleQueue[PendingJob] = queue.SimpleQueue()
+        # Touched only by the batcher thread.
+        self._recent: OrderedDict[str, list] = OrderedDict()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
 
@@ -137,17 +149,26 @@ class Batcher:
             job.future.set_result({text: results[text] for text in job.texts})
 
     def _infer(self, jobs: list[PendingJob]) -> dict[str, list]:
-        """Score the jobs' distinct texts in length-sorted batches bounded by text and token counts."""
-        texts = list(dict.fromkeys(text for job in jobs for text in job.texts))
+        """Score the jobs' distinct texts not scored recently, in length-sorted batches bounded by text and token counts."""
+        results = {}
+        texts = []
+        for text in dict.fromkeys(text for job in jobs for text in job.texts):
+            if text in self._recent:
+                results[text] = self._recent[text]
+                self._recent.move_to_end(text)
+            else:
+                texts.append(text)
+        if not texts:
+            return results
         token_ids = self.model.encode(texts)
         lengths = [len(ids) for ids in token_ids]
-        results = {}
         for group in length_sorted_batches(lengths, self.max_texts, self.max_tokens, self.model.pads):
             started = time.perf_counter()
             predictions = self.model.predict_encoded([token_ids[i] for i in group])
             seconds = time.perf_counter() - started
             for index, prediction in zip(group, predictions):
                 results[texts[index]] = prediction
+                self._remember(texts[index], prediction)
             in_group = {texts[i] for i in group}
             self.on_batch(
                 BatchRecord(
@@ -159,3 +180,8 @@ class Batcher:
                 )
             )
         return results
+
+    def _remember(self, text: str, prediction: list) -> None:
+        self._recent[text] = prediction
+        if len(self._recent) > RECENT_RESULTS:
+            self._recent.popitem(last=False)

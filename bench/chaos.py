@@ -1,0 +1,212 @@
+"""Faults under load: 32 k6 clients of mixed traffic while a worker, Redis or a gunicorn process dies.
+
+    python -m bench.chaos                                  (all three faults, 60 s of load each)
+    python -m bench.chaos --fault redis_restart --seconds 40
+
+For each fault a fresh local stack (Redis with appendfsync always, one worker, gunicorn with two
+processes) takes loadtest/chaos.js's load (12 cached, 14 uncached and 6 async clients); a third
+of the way in, the fault hits:
+
+- worker_kill9:   SIGKILL the worker mid-batch, then start a replacement (the orchestrator's part);
+- redis_restart:  SIGKILL redis-server, start it again 2 s later on the same data;
+- gunicorn_kill9: SIGKILL one of gunicorn's two worker processes (its master starts another).
+
+Before each fault it records the jobs queued or running, as evidence that the fault hit in-flight
+work. Reported per fault: the clients' answers by class (ok, 503 JSON, 429 JSON, bad, hung past
+the wait bound), seconds until a fresh uncached request succeeds again, accepted jobs done,
+failed and lost, and the texts the workers computed beyond those accepted (an interrupted batch
+computed again; a result still holds one prediction per text). Writes results/chaos.json and
+results/chaos.md. Not part of CI: about 5 minutes.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from bench.run import K6, scrape, total
+from common.store import Stores
+from common.store.keys import PREFIX
+from stack import REPO, RedisServer, free_port, start_web, start_worker
+
+FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9")
+SYNC_WAIT_S = 20
+COUNTERS = (
+    "answers_ok", "answers_503_json", "answers_429_json", "answers_bad", "answers_hung",
+    "jobs_accepted", "jobs_done", "jobs_failed", "jobs_lost", "uncached_texts_accepted",
+)  # fmt: skip
+
+
+class RecoveryProbe:
+    """Posts a fresh uncached text every quarter second and records when each attempt succeeded."""
+
+    def __init__(self, web_url: str):
+        self.web_url = web_url
+        self.attempts: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        number = 0
+        while not self._stop.is_set():
+            number += 1
+            started = time.time()
+            try:
+                response = requests.post(
+                    f"{self.web_url}/predict", json={"text": [f"a recovery probe , number {number} ."]}, timeout=30
+                )
+                ok = response.status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.attempts.append((started, ok))
+            self._stop.wait(0.25)
+
+    def start(self) -> "RecoveryProbe":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def seconds_to_recover(self, fault_at: float) -> float:
+        """From the fault to the first success after the last failed probe (0 when none failed)."""
+        after = [(at, ok) for at, ok in self.attempts if at >= fault_at]
+        failures = [at for at, ok in after if not ok]
+        if not failures:
+            return 0.0
+        successes = [at for at, ok in after if ok and at > failures[-1]]
+        return round(successes[0] - fault_at, 1) if successes else float("inf")
+
+    @property
+    def count(self) -> int:
+        return len(self.attempts)
+
+
+def jobs_in_flight(client: redis.Redis) -> dict[str, int]:
+    """Job records queued or running right now."""
+    counts = {"queued": 0, "running": 0}
+    keys = [key for key in client.scan_iter(f"{PREFIX}job:*", count=1000) if not key.endswith(":done")]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "status")
+    for status in pipe.execute():
+        if status in counts:
+            counts[status] += 1
+    return counts
+
+
+def texts_computed(metrics_url: str) -> float:
+    return total(scrape(metrics_url), "sentiment_worker_batch_texts_sum")
+
+
+def run_fault(fault: str, seconds: int) -> dict:
+    server = RedisServer(appendfsync="always")
+    server.start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    env = {"REDIS_URL": server.url, "TORCH_THREADS": "2", "SYNC_WAIT_S": str(SYNC_WAIT_S), "PYTHONUNBUFFERED": "1"}
+    metrics_ports = [free_port()]
+    workers = [start_worker({**env, "WORKER_METRICS_PORT": str(metrics_ports[0])}, client)]
+    port = free_port()
+    web = start_web(env, port, processes=2)
+    web_url = f"http://127.0.0.1:{port}"
+    computed_by_dead_workers = 0.0
+    try:
+        # Five seconds of the same load first: the cached clients' sentences get cached, the model warm.
+        warm_up = [K6, "run", "--quiet", "-e", f"BASE_URL={web_url}", "-e", "DURATION=5s", str(REPO / "loadtest" / "chaos.js")]
+        subprocess.run(warm_up, capture_output=True)
+        summary_path = Path(tempfile.mkstemp(suffix=".json")[1])
+        load = subprocess.Popen(
+            [
+                K6, "run", "--quiet", "--summary-export", str(summary_path),
+                "-e", f"BASE_URL={web_url}", "-e", f"DURATION={seconds}s", "-e", f"SYNC_WAIT_S={SYNC_WAIT_S}",
+                str(REPO / "loadtest" / "chaos.js"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        computed_before = texts_computed(f"http://127.0.0.1:{metrics_ports[0]}/metrics")
+        probe = RecoveryProbe(web_url).start()
+        time.sleep(seconds / 3)
+        in_flight = jobs_in_flight(client)
+        fault_at = time.time()
+        if fault == "worker_kill9":
+            computed_by_dead_workers += texts_computed(f"http://127.0.0.1:{metrics_ports[0]}/metrics")
+            workers[0].signal(signal.SIGKILL)
+            workers[0].process.wait(10)
+            metrics_ports.append(free_port())
+            workers.append(start_worker({**env, "WORKER_METRICS_PORT": str(metrics_ports[-1])}, client, "replacement"))
+        elif fault == "redis_restart":
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait(10)
+            time.sleep(2)
+            server.start()
+        else:
+            children = subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout.split()
+            os.kill(int(children[0]), signal.SIGKILL)
+        load.wait(seconds * 3 + 180)
+        probe.stop()
+        metrics = json.loads(summary_path.read_text())["metrics"]
+        counts = {name: int(metrics.get(name, {}).get("count", 0)) for name in COUNTERS}
+        alive_ports = metrics_ports[1:] if fault == "worker_kill9" else metrics_ports
+        computed = computed_by_dead_workers + sum(texts_computed(f"http://127.0.0.1:{p}/metrics") for p in alive_ports)
+        accepted = counts["uncached_texts_accepted"] + probe.count
+        return {
+            "fault": fault,
+            "in_flight_at_fault": in_flight,
+            **counts,
+            "seconds_to_recover": probe.seconds_to_recover(fault_at),
+            # Warm-up texts were computed before computed_before was read.
+            "texts_computed_beyond_accepted": round(computed - computed_before - accepted),
+            "queued_texts_left": Stores.over(client).queue.queued_texts(),
+        }
+    finally:
+        web.stop()
+        for worker in workers:
+            worker.stop()
+        server.close()
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| fault | in flight at the fault | ok | 503 JSON | 429 JSON | bad | hung | recovery s "
+        "| jobs accepted | done | failed | lost | texts computed beyond accepted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        flight = row["in_flight_at_fault"]
+        lines.append(
+            f"| {row['fault']} | {flight['queued']} queued, {flight['running']} running | {row['answers_ok']} "
+            f"| {row['answers_503_json']} | {row['answers_429_json']} | {row['answers_bad']} | {row['answers_hung']} "
+            f"| {row['seconds_to_recover']} | {row['jobs_accepted']} | {row['jobs_done']} | {row['jobs_failed']} "
+            f"| {row['jobs_lost']} | {row['texts_computed_beyond_accepted']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fault", choices=FAULTS, action="append", help="a fault to run (default: all three)")
+    parser.add_argument("--seconds", type=int, default=60, help="seconds of load per fault")
+    parser.add_argument("--out", type=Path, default=REPO / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for fault in args.fault or FAULTS:
+        row = run_fault(fault, args.seconds)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    (args.out / "chaos.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "chaos.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
