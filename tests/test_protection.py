@@ -127,6 +127,8 @@ def test_api_keys_when_on(service_env):
     assert spec["paths"]["/jobs/{job_id}"]["get"]["security"] == [{"ApiKey": []}]
 
 
+# Longer than the subprocess's own 600 s, or pytest's default timeout (300 s) would cut it short first.
+@pytest.mark.timeout(660)
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(web_url, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{web_url}/openapi.json", "--checks", "all",
