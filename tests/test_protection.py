@@ -9,7 +9,7 @@ import redis
 
 from common.settings import Settings
 from common.store import Stores
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 from web.security import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
 
@@ -108,6 +108,35 @@ def test_rate_limit_answers_429_with_retry_after(service_env, private_redis):
     assert answers[-1].get_json()["message"].startswith("rate limit 3 per 1 minute exceeded; retry in ")
     assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
     assert client.get("/health").status_code == 200
+
+
+def test_rate_limits_count_the_forwarded_client_only_behind_trusted_proxies(service_env, private_redis):
+    def answers(trust_proxy_hops, forwarded_for):
+        env = {**service_env, "REDIS_URL": private_redis.url}
+        client = make_client(env, rate_limit="2/minute", trust_proxy_hops=trust_proxy_hops)
+        redis.Redis.from_url(private_redis.url).flushall()
+        statuses = []
+        for address in forwarded_for:
+            answer = client.post(
+                "/predict", json={"text": []}, headers={"X-Forwarded-For": address}, environ_base={"REMOTE_ADDR": "10.0.0.1"}
+            )
+            statuses.append(answer.status_code)
+        return statuses
+
+    clients = ["203.0.113.7", "203.0.113.7", "198.51.100.9", "198.51.100.9", "203.0.113.7"]
+    # Behind one trusted proxy, each forwarded client has its own budget of 2.
+    assert answers(1, clients) == [200, 200, 200, 200, 429]
+    # Without trust, X-Forwarded-For is ignored: everyone behind 10.0.0.1 shares one budget,
+    # and a client cannot dodge its limit by forging the header.
+    assert answers(0, clients) == [200, 200, 429, 429, 429]
+
+
+def test_redis_unavailable_answers_503_json_with_retry_after(service_env):
+    client = make_client({**service_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    answer = client.post("/predict", json={"text": ["nobody can score this now"]})
+    assert answer.status_code == 503
+    assert answer.get_json()["error"] == "unavailable"
+    assert int(answer.headers["Retry-After"]) >= 1
 
 
 def test_rate_limits_are_off_by_default(client):

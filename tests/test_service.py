@@ -5,13 +5,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 
 from common.celery_app import PREDICT_TASK, create_celery
 from common.jobs import JobStatus, new_job_id
 from common.store import Stores
 from common.store.keys import PREFIX, job_key
-from tests.support import wait_until
+from tests.support import RedisServer, free_port, start_web, start_worker, wait_until
 
 
 @pytest.fixture
@@ -173,3 +174,39 @@ def test_the_worker_still_serves_the_previous_releases_one_job_message(worker, s
     create_celery(settings).send_task(PREDICT_TASK, args=[job_id, texts, now + 60, now])
     record = wait_until(lambda: (job := store.jobs.get(job_id)) and job.status == JobStatus.DONE and job, 60, "the job")
     assert_prediction_shape(record.predictions[0])
+
+
+def test_a_separate_cache_server_holds_the_predictions_and_answers_repeats(service_env):
+    main, cache = RedisServer(), RedisServer()
+    main.start()
+    cache.start()
+    env = {
+        **service_env,
+        "REDIS_URL": main.url,
+        "CACHE_REDIS_URL": cache.url,
+        "QUEUE_NAME": "sentiment-cache-server-test",
+        "WORKER_METRICS_PORT": str(free_port()),
+    }
+    main_client = redis.Redis.from_url(main.url, decode_responses=True)
+    cache_client = redis.Redis.from_url(cache.url, decode_responses=True)
+    worker = start_worker(env, main_client)
+    port = free_port()
+    web = start_web(env, port, processes=1)
+    try:
+        web_url = f"http://127.0.0.1:{port}"
+        texts = ["a review whose score lives on the cache server"]
+        first = post(web_url, texts)
+        assert first.status_code == 200, first.text
+        assert len(list(cache_client.scan_iter(f"{PREFIX}cache:*"))) == 1
+        assert not list(main_client.scan_iter(f"{PREFIX}cache:*")), "a prediction was cached on the main server"
+        assert len(job_keys(main_client)) == 1 and not job_keys(cache_client)
+        # A fresh web process (no hot cache) answers the repeat from the cache server, with no new job.
+        web.stop()
+        web = start_web(env, port, processes=1)
+        assert post(web_url, texts).json() == first.json()
+        assert len(job_keys(main_client)) == 1
+    finally:
+        web.close()
+        worker.close()
+        main.close()
+        cache.close()
