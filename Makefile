@@ -9,7 +9,7 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server promtool constraints evaluate model-bench bench export-onnx smoke soak clean
+.PHONY: run test lint install install-dev redis-server promtool constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
 run: install redis-server
 	$(VENV)/bin/python -m stack
@@ -63,6 +63,9 @@ bench: install-dev redis-server
 MINUTES ?= 5
 soak: install-dev redis-server
 	$(VENV)/bin/python -m bench.soak --minutes $(MINUTES)
+
+chaos: install-dev redis-server
+	$(VENV)/bin/python -m bench.chaos
 
 # Builds both images and runs the compose stack on a local dockerd (see README, "Smoke test").
 smoke:

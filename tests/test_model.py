@@ -11,8 +11,6 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -23,6 +21,7 @@ from model.core import ModelLoadError, length_sorted_batches, postprocess
 from model.torch_backend import TorchClassifier
 from model_tools.sst2 import read_split
 from model_tools.train import packaged_minilm_dir
+from tests.made_up_models import make_tiny_distilbert, save_with_tokenizer
 from tests.support import REPO
 
 SST2_DIR = Path(os.environ.get("SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
@@ -33,23 +32,6 @@ BATCH_MATES = ["ok", "I love you.", "a long , winding and ultimately rewarding f
 @pytest.fixture(scope="module")
 def bundled() -> TorchClassifier:
     return TorchClassifier.load(BUNDLED_MODEL_DIR, device="cpu")
-
-
-def save_with_tokenizer(model, folder: Path) -> Path:
-    """Save a made-up model beside a real tokenizer."""
-    model.save_pretrained(folder)
-    # all-MiniLM-L6-v2 uses the same uncased WordPiece vocabulary as DistilBERT.
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(folder)
-    return folder
-
-
-def make_tiny_distilbert(folder: Path, **config) -> Path:
-    """A tiny randomly initialised DistilBERT with the SST-2 label set, saved in ``folder``."""
-    torch.manual_seed(0)
-    config = DistilBertConfig(
-        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, id2label=ID2LABEL, label2id=LABEL2ID, **config
-    )
-    return save_with_tokenizer(DistilBertForSequenceClassification(config), folder)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,18 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO
+from tests.support import REPO, free_port, start_web, wait_until
 
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
 PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
@@ -71,20 +76,62 @@ def test_service_exports_the_documented_metrics(exported):
     assert expected <= exported
 
 
-def test_web_metrics_add_up_across_gunicorn_processes(web_url):
-    def health_count() -> float:
-        text = requests.get(f"{web_url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "sentiment_http_requests_total" and sample.labels.get("endpoint") == "/health":
-                    return sample.value
-        return 0.0
+def health_requests_counted(metrics_dir: Path) -> float:
+    """/health requests in the counter files of ``metrics_dir``, read the way /metrics merges them."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "sentiment_http_requests_total" and sample.labels.get("endpoint") == "/health"
+    )
 
-    before = health_count()
-    # New connections each time, so gunicorn's processes all take a share.
-    for _ in range(60):
-        requests.get(f"{web_url}/health", timeout=5, headers={"Connection": "close"})
-    assert health_count() - before == 60
+
+def test_web_metrics_add_up_across_gunicorn_processes(service_env, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    port = free_port()
+    web = start_web({**service_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, port, processes=2)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def merged_count() -> float:
+            text = requests.get(f"{base}/metrics", timeout=10).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "sentiment_http_requests_total" and sample.labels.get("endpoint") == "/health":
+                        return sample.value
+            return 0.0
+
+        def per_process_counts() -> dict[str, float]:
+            # Each process writes its own counter file; read them one at a time.
+            counts = {}
+            for counter_file in metrics_dir.glob("counter_*.db"):
+                alone = Path(tempfile.mkdtemp(dir=tmp_path))
+                shutil.copy(counter_file, alone)
+                counts[counter_file.stem] = health_requests_counted(alone)
+            return counts
+
+        def health(_):
+            # New connections each time, so either process may accept.
+            return requests.get(f"{base}/health", timeout=5, headers={"Connection": "close"}).status_code
+
+        before = per_process_counts()
+        sent, served = 0, {}
+        # Which process accepts is the kernel's choice: send until both have served (bounded).
+        with ThreadPoolExecutor(8) as pool:
+            while len(served) < 2 and sent < 2000:
+                assert set(pool.map(health, range(40))) == {200}
+                sent += 40
+                after = per_process_counts()
+                served = {name: count - before.get(name, 0) for name, count in after.items() if count > before.get(name, 0)}
+        assert len(served) >= 2, f"after {sent} requests only {served} served /health: the merge was not exercised"
+        # A request is counted just after its answer leaves; wait until every one is on file.
+        expected = sum(before.values()) + sent
+        wait_until(lambda: sum(per_process_counts().values()) >= expected, 10, "the last requests to be counted")
+        assert merged_count() == sum(per_process_counts().values()), f"/metrics does not add up the processes' {served}"
+    finally:
+        web.close()
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.name)

@@ -88,15 +88,93 @@ def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
     accepted = client.post("/predict?wait=0&deadline=1", json={"text": ["nobody computes this in time"]})
     assert accepted.status_code == 202
     job_url = accepted.get_json()["status_url"]
-    time.sleep(1.2)
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    deadline = store.jobs.get(accepted.get_json()["job_id"]).deadline
+    wait_until(lambda: time.time() > deadline, 5, "the job's deadline to pass")
     worker = start_worker(env, redis.Redis.from_url(private_redis.url, decode_responses=True))
     try:
         job = wait_until(lambda: (j := client.get(job_url).get_json())["status"] == "failed" and j, 60, "the job to expire")
         assert job == {"job_id": accepted.get_json()["job_id"], "status": "failed", "error": "expired"}
-        store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
         assert store.workers.recent_batches() == [] and store.queue.queued_texts() == 0
     finally:
         worker.stop()
+
+
+def test_a_waiting_request_whose_job_expires_in_the_queue_gets_503_expired(service_env, private_redis):
+    from tests.support import start_worker
+
+    env = {**service_env, "REDIS_URL": private_redis.url, "WORKER_METRICS_PORT": "0"}
+    client = make_client(env)
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    worker = start_worker(env, store.main)
+    try:
+        # A long batch holds the worker, so a job with a 1 s deadline queued behind it expires there.
+        long_texts = [f"{'a slow , sprawling and oddly moving film . ' * 12} take {i}" for i in range(96)]
+        busy = client.post("/predict?wait=0", json={"text": long_texts}).get_json()["job_id"]
+        wait_until(lambda: store.jobs.get(busy).status == "running", 30, "the long batch to start")
+        answer = client.post("/predict?deadline=1", json={"text": ["queued behind a long batch"]})
+        assert store.jobs.get(busy).status == "running", "the long batch ended before the request's deadline"
+        assert answer.status_code == 503, answer.get_json()
+        assert answer.get_json()["error"] == "expired"
+        assert answer.headers["Retry-After"] == "1"
+        assert store.jobs.get(answer.get_json()["details"]["job_id"]).error == "expired"
+    finally:
+        worker.stop()
+
+
+def test_a_waiting_request_whose_batch_fails_gets_503_inference_error(service_env, private_redis, tmp_path):
+    from tests.made_up_models import make_tiny_distilbert
+    from tests.support import start_worker
+
+    # Its embedding table stops at token id 999: "zebra" (id 29145) breaks the forward pass, "!" (999) does not.
+    broken = make_tiny_distilbert(tmp_path / "small-vocabulary", vocab_size=1000)
+    env = {**service_env, "REDIS_URL": private_redis.url, "WORKER_METRICS_PORT": "0", "MODEL": str(broken)}
+    client = make_client(env)
+    worker = start_worker(env, redis.Redis.from_url(private_redis.url, decode_responses=True))
+    try:
+        answer = client.post("/predict", json={"text": ["zebra"]})
+        assert answer.status_code == 503, answer.get_json()
+        assert answer.get_json()["error"] == "inference_error"
+        assert "IndexError" in worker.log() or "index out of range" in worker.log(), worker.tail()
+        # The failed batch failed its jobs, not the worker.
+        assert client.post("/predict", json={"text": ["!"]}).status_code == 200
+    finally:
+        worker.stop()
+
+
+def test_a_new_model_identity_never_serves_the_old_models_cached_scores(service_env, private_redis):
+    client = make_client({**service_env, "REDIS_URL": private_redis.url}, queue_name="nobody-consumes")
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    text = "scored by the old model"
+    store.cache.store("old-model@1", {text: [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]})
+    store.workers.heartbeat("old-worker", "old-model@1")
+    assert client.post("/predict?wait=0", json={"text": [text]}).status_code == 200  # cached for the old model
+    store.workers.heartbeat("new-worker", "new-model@2")  # a rollout: workers now serve another model
+    # Within MODEL_IDENTITY_TTL_S the web side reads the new identity; from then on the text is unscored.
+    answers = wait_until(
+        lambda: (a := client.post("/predict?wait=0", json={"text": [text]})).status_code == 202 and a, 10, "a cache miss"
+    )
+    assert answers.get_json()["status"] == "queued"
+
+
+def test_a_failed_publish_releases_the_queue_reservation(service_env, private_redis):
+    from common.celery_app import create_celery
+    from web.services import services
+
+    client = make_client({**service_env, "REDIS_URL": private_redis.url})
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    store.workers.heartbeat("a-worker", "model@1")
+    # Jobs and reservations stay on the live Redis; only the broker the job is published to is away.
+    with client.application.app_context():
+        dispatcher = services().dispatcher
+    dead_broker = Settings.from_env({"redis_url": f"redis://127.0.0.1:{free_port()}/0"}, environ=service_env)
+    dispatcher.celery = create_celery(dead_broker)
+    answer = client.post("/predict?wait=0", json={"text": ["one", "two", "three"]})
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["error"] == "unavailable"
+    # Evidence the request got as far as its job record, so it had reserved room in the queue.
+    assert [key for key in store.main.scan_iter("sentiment:job:*")], "the request never reached the enqueue step"
+    assert store.queue.queued_texts() == 0, "the failed request kept its queue reservation"
 
 
 def test_rate_limit_answers_429_with_retry_after(service_env, private_redis):

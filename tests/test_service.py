@@ -8,10 +8,11 @@ import pytest
 import redis
 import requests
 
-from common.celery_app import PREDICT_TASK, create_celery
-from common.jobs import JobStatus, new_job_id
+from bench.run import scrape, total
+from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, create_celery
+from common.jobs import JobStatus, QueuedJob, new_job_id
 from common.store import Stores
-from common.store.keys import PREFIX, job_key
+from common.store.keys import PREFIX, done_key, job_key
 from tests.support import RedisServer, free_port, start_web, start_worker, wait_until
 
 
@@ -24,8 +25,24 @@ def job_keys(redis_client) -> set[str]:
     return {key for key in redis_client.scan_iter(f"{PREFIX}job:*") if not key.endswith(":done")}
 
 
-def texts_computed(store) -> int:
-    return sum(batch["texts"] for batch in store.workers.recent_batches())
+def wait_for_an_idle_worker(store, redis_client) -> float:
+    """Wait until no job is queued or running (earlier tests may leave wait=0 jobs); the time it was so."""
+
+    def idle():
+        statuses = {redis_client.hget(key, "status") for key in job_keys(redis_client)}
+        return store.queue.queued_texts() == 0 and not statuses & {"queued", "running"}
+
+    wait_until(idle, 60, "the shared worker to finish earlier tests' jobs")
+    return time.time()
+
+
+def batches_since(store, since: float) -> list[dict]:
+    # By time, not by position: the log keeps only the last 1,000 batches.
+    return [batch for batch in store.workers.recent_batches() if batch["at"] >= since]
+
+
+def texts_computed_since(store, since: float) -> int:
+    return sum(batch["texts"] for batch in batches_since(store, since))
 
 
 def post(web_url, texts, query="", timeout=60):
@@ -61,47 +78,32 @@ def test_full_cache_hit_enqueues_nothing(web_url, redis_client, store, unique):
     texts = [unique("a warm film"), unique("a cold film")]
     first = post(web_url, texts)
     assert first.status_code == 200
-    jobs_before, computed_before = job_keys(redis_client), texts_computed(store)
+    since = wait_for_an_idle_worker(store, redis_client)
+    jobs_before = job_keys(redis_client)
     second = post(web_url, texts)
     assert second.status_code == 200
     assert second.json() == first.json()
     assert job_keys(redis_client) == jobs_before
-    assert texts_computed(store) == computed_before
+    assert texts_computed_since(store, since) == 0
 
 
-def test_partial_hit_computes_only_the_missing_texts(web_url, store, unique):
+def test_partial_hit_computes_only_the_missing_texts(web_url, redis_client, store, unique):
     cached = unique("cached sentence")
     post(web_url, [cached])
-    computed_before = texts_computed(store)
+    since = wait_for_an_idle_worker(store, redis_client)
     response = post(web_url, [cached, unique("new sentence")])
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == 2
-    assert texts_computed(store) - computed_before == 1
+    assert texts_computed_since(store, since) == 1
 
 
-def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, store, unique):
+def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, redis_client, store, unique):
     x, y = unique("same words"), unique("other words")
-    computed_before = texts_computed(store)
+    since = wait_for_an_idle_worker(store, redis_client)
     predictions = post(web_url, [x, y, x, x]).json()["predictions"]
     assert len(predictions) == 4
     assert predictions[0] == predictions[2] == predictions[3]
-    assert texts_computed(store) - computed_before == 2
-
-
-def wait_for_an_idle_worker(store, redis_client) -> float:
-    """Wait until no job is queued or running (earlier tests may leave wait=0 jobs); the time it was so."""
-
-    def idle():
-        statuses = {redis_client.hget(key, "status") for key in job_keys(redis_client)}
-        return store.queue.queued_texts() == 0 and not statuses & {"queued", "running"}
-
-    wait_until(idle, 60, "the shared worker to finish earlier tests' jobs")
-    return time.time()
-
-
-def batches_since(store, since: float) -> list[dict]:
-    # By time, not by position: the log keeps only the last 1,000 batches.
-    return [batch for batch in store.workers.recent_batches() if batch["at"] >= since]
+    assert texts_computed_since(store, since) == 2
 
 
 def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(web_url, redis_client, store, unique):
@@ -125,7 +127,7 @@ def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(w
     later_jobs = job_keys(redis_client) - jobs_before - {job_key(first["job_id"])}
     assert len(later_jobs) == 8, f"only {len(later_jobs)} of the 8 requests made a job"
     wait_until(lambda: requests.get(f"{web_url}/jobs/{first['job_id']}", timeout=10).json()["status"] == "done", 60, "job")
-    computed = sum(batch["texts"] for batch in batches_since(store, since))
+    computed = texts_computed_since(store, since)
     assert computed == 32, f"32 distinct texts, {computed} computed"
 
 
@@ -147,13 +149,13 @@ def test_wait_zero_answers_202_then_the_job_can_be_polled(web_url, unique):
     assert job["predictions"] == post(web_url, texts).json()["predictions"]
 
 
-def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, store, unique):
+def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, redis_client, store, unique):
     texts = [unique(f"concurrent sentence number {i}") for i in range(32)]
-    batches_before = len(store.workers.recent_batches())
+    since = wait_for_an_idle_worker(store, redis_client)
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda text: post(web_url, [text]), texts))
-    assert [response.status_code for response in responses] == [200] * 8
-    batches = store.workers.recent_batches()[batches_before:]
+    assert all(response.status_code == 200 for response in responses)
+    batches = batches_since(store, since)
     assert sum(batch["texts"] for batch in batches) == 32
     assert len(batches) <= 16, f"32 single-text requests took {len(batches)} forward passes"
     assert max(batch["jobs"] for batch in batches) > 1
@@ -210,3 +212,25 @@ def test_a_separate_cache_server_holds_the_predictions_and_answers_repeats(servi
         worker.close()
         main.close()
         cache.close()
+
+
+def test_a_redelivered_job_that_already_ended_is_skipped(worker, redis_client, store, settings, service_env, unique):
+    # As after a worker died between completing a job and acking its message: the record is done,
+    # and the broker hands the message out again.
+    texts = [unique("scored before the redelivery")]
+    job_id, now = new_job_id(), time.time()
+    store.jobs.create(job_id, texts, [None], now + 60)
+    store.jobs.finish(job_id, {texts[0]: [{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]})
+    metrics_url = f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics"
+    skipped_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped")
+    since = wait_for_an_idle_worker(store, redis_client)
+    redelivery = QueuedJob(job_id, texts, now + 60, now).to_message()
+    create_celery(settings).send_task(PREDICT_JOBS_TASK, args=[[redelivery]])
+    wait_until(
+        lambda: total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped") > skipped_before,
+        30,
+        "the worker to take the redelivered message",
+    )
+    assert texts_computed_since(store, since) == 0
+    assert redis_client.llen(done_key(job_id)) == 1, "the job was ended a second time"
+    assert store.jobs.get(job_id).predictions[0][0] == {"label": "POSITIVE", "score": 0.6}

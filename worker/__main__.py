@@ -72,20 +72,31 @@ def main(argv: list[str]) -> int:
     signals.worker_ready.connect(lambda **_: runtime.announce(), weak=False)
     signals.worker_shutting_down.connect(lambda **_: shutdown_requested.set(), weak=False)
     try:
-        while True:
-            exit_code = run_celery(app, settings, runtime.name, argv)
-            if shutdown_requested.is_set():
-                return 0
-            # Celery's consumer can end on a Redis restart while jobs are unacked: kombu's Redis
-            # transport raises out of restoring them and Celery logs "Unrecoverable error" (seen
-            # with celery/kombu 5.7.0; the neighbouring upstream report is celery/celery#9054,
-            # "worker stops consuming after Redis restart", fixed for that case by celery/kombu#2007).
-            # The model and batcher are fine, so start a new consumer instead of reloading the model;
-            # the unacked jobs are redelivered after the visibility timeout.
-            log.error("Celery's consumer stopped (exit %s) without a shutdown request; restarting it", exit_code)
-            time.sleep(RESTART_DELAY_S)
+        return consume_until_shutdown(
+            lambda: run_celery(app, settings, runtime.name, argv), shutdown_requested, runtime, RESTART_DELAY_S
+        )
     finally:
         runtime.shutdown()
+
+
+def consume_until_shutdown(run_consumer, shutdown_requested: threading.Event, runtime, restart_delay_s: float) -> int:
+    """Run Celery's consumer; start a new one whenever it stops without a shutdown request.
+
+    Celery's consumer can end on a Redis restart while jobs are unacked: kombu's Redis transport
+    raises out of restoring them and Celery logs "Unrecoverable error" (seen with celery/kombu
+    5.7.0; the neighbouring upstream report is celery/celery#9054, "worker stops consuming after
+    Redis restart", fixed for that case by celery/kombu#2007). The model and batcher are fine, so
+    start a new consumer instead of reloading the model; unacked jobs are redelivered after the
+    visibility timeout. Until the new consumer is ready the worker stops heartbeating, so /ready
+    does not count a worker that consumes nothing.
+    """
+    while True:
+        exit_code = run_consumer()
+        if shutdown_requested.is_set():
+            return 0
+        log.error("Celery's consumer stopped (exit %s) without a shutdown request; restarting it", exit_code)
+        runtime.withdraw()
+        time.sleep(restart_delay_s)
 
 
 if __name__ == "__main__":

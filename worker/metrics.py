@@ -31,7 +31,11 @@ QUEUE_WAIT_SECONDS = Histogram(
     "Seconds from enqueue to batch start, per job.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-JOBS = Counter("sentiment_worker_jobs_total", "Jobs ended, by outcome (done, expired, failed).", ["outcome"])
+JOBS = Counter(
+    "sentiment_worker_jobs_total",
+    "Jobs handled, by outcome (done, expired, failed; skipped: already ended, such as a redelivered job).",
+    ["outcome"],
+)
 MODEL_LOAD_SECONDS = Gauge("sentiment_worker_model_load_seconds", "Seconds the model took to load.")
 
 

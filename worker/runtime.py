@@ -80,6 +80,8 @@ class WorkerRuntime:
             on_batch=self._batch_done,
         )
         self._recycling = threading.Event()
+        # Set while Celery's consumer runs; heartbeats only then.
+        self._consuming = threading.Event()
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -97,9 +99,18 @@ class WorkerRuntime:
         return runtime
 
     def announce(self) -> None:
-        """Start heartbeats: from now on /ready counts this worker as consuming."""
+        """Start heartbeats (Celery's consumer is ready): from now on /ready counts this worker."""
+        self._consuming.set()
         if not self._heartbeat.is_alive():
             self._heartbeat.start()
+
+    def withdraw(self) -> None:
+        """Stop heartbeats and leave the live-worker set: the consumer died and a new one is starting."""
+        self._consuming.clear()
+        try:
+            self.stores.workers.remove(self.name)
+        except redis.RedisError as error:
+            log.warning("could not leave the live-worker set: %s", error)
 
     def shutdown(self) -> None:
         """Finish held batches, then leave the live-worker set."""
@@ -112,10 +123,11 @@ class WorkerRuntime:
 
     def _beat(self) -> None:
         while not self._heartbeat_stop.is_set():
-            try:
-                self.stores.workers.heartbeat(self.name, self.model.identity)
-            except redis.RedisError as error:
-                log.warning("heartbeat failed: %s", error)
+            if self._consuming.is_set():
+                try:
+                    self.stores.workers.heartbeat(self.name, self.model.identity)
+                except redis.RedisError as error:
+                    log.warning("heartbeat failed: %s", error)
             self._heartbeat_stop.wait(HEARTBEAT_INTERVAL_S)
 
     def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
@@ -153,6 +165,7 @@ class WorkerRuntime:
             if status is None or status.is_final:
                 # Expired record, or a redelivery of a job a worker already finished.
                 outcomes[job.job_id] = "skipped"
+                metrics.JOBS.labels("skipped").inc()
             elif now > job.deadline:
                 outcomes[job.job_id] = self._expire(job.job_id, retries)
             else:
