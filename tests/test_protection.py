@@ -248,3 +248,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(web_url, tmp
     summary = result.stdout[result.stdout.rfind("SUMMARY") :]
     print(summary)
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_ending_a_job_releases_its_reservation_when_its_batch_start_was_never_recorded(private_redis):
+    # As when Redis is away the moment a batch starts: the worker cannot release the reservation
+    # then, and the texts would count as queued forever, shrinking the queue and inflating /backlog.
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    store.jobs.create("job-a", ["a", "b"], [None, None], time.time() + 60)
+    assert store.queue.reserve("job-a", 2, max_queued_texts=10)
+    store.complete_jobs("model@1", {"job-a": {"a": [], "b": []}})
+    assert store.queue.queued_texts() == 0

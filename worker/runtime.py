@@ -136,7 +136,7 @@ class WorkerRuntime:
         try:
             self.stores.start_jobs([job.job_id for job in jobs])
         except redis.RedisError as error:
-            # Bookkeeping only; the jobs still run and their results are stored with retries.
+            # Bookkeeping only; the jobs still run, and completing them (with retries) releases their reservations.
             log.warning("could not mark %d jobs running: %s", len(jobs), error)
 
     def _batch_done(self, record: BatchRecord) -> None:
@@ -181,6 +181,7 @@ class WorkerRuntime:
                 except DeadlineExpired:
                     outcomes[job_id] = self._expire(job_id, retries)
                 except Exception as error:
+                    retries.run(partial(self.stores.queue.release, job_id), "releasing a job")
                     retries.run(partial(self.stores.jobs.fail, job_id, JobError.INFERENCE_ERROR), "failing a job")
                     metrics.JOBS.labels("failed").inc()
                     outcomes[job_id] = "failed"

@@ -47,10 +47,12 @@ class Stores:
         )
 
     def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
-        """Cache the jobs' results, then mark each done and wake its waiter.
+        """Cache the jobs' results, then mark each done, release its queue reservation and wake its waiter.
 
         Cached before anyone sees the answer, so a client that repeats its texts finds them in the
-        cache; one round trip when the cache is the main Redis.
+        cache; one round trip when the cache is the main Redis. The reservation was normally released
+        when the job's batch started; releasing again is a no-op, and it frees the room when Redis was
+        away at that moment.
         """
         computed = {text: prediction for results in results_by_job.values() for text, prediction in results.items()}
         if self.cache.client is self.main:
@@ -60,6 +62,7 @@ class Stores:
             self.cache.store(model_identity, computed)
             pipe = self.main.pipeline(transaction=False)
         for job_id, results in results_by_job.items():
+            self.queue.release(job_id, pipe)
             self.jobs.finish(job_id, results, pipe)
         pipe.execute()
 

@@ -1,7 +1,8 @@
 """The queued-text budget: POST answers 429 once the texts waiting for a batch would pass the bound.
 
-Each job reserves its uncached texts when it is enqueued and releases them once, when its batch
-starts, when it expires, or when it never got enqueued.
+Each job reserves its uncached texts when it is enqueued and releases them once: when its batch
+starts, or, should Redis have been away at that moment, when the job ends (done, expired or
+failed); also when it never got enqueued.
 """
 
 import redis
