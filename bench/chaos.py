@@ -35,7 +35,7 @@ import requests
 
 from bench.run import K6
 from common.store import Stores
-from common.store.keys import PREFIX
+from common.store.keys import PREFIX, job_key
 from stack import REPO, RedisServer, free_port, start_web, start_worker
 
 FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9")
@@ -92,40 +92,35 @@ class RecoveryProbe:
         return len(self.attempts)
 
 
+def job_ids(client: redis.Redis) -> list[str]:
+    prefix = f"{PREFIX}job:"
+    return [key[len(prefix) :] for key in client.scan_iter(f"{prefix}*", count=1000) if not key.endswith(":done")]
+
+
 def jobs_in_flight(client: redis.Redis) -> dict[str, int]:
     """Job records queued or running right now."""
-    counts = {"queued": 0, "running": 0}
-    keys = [key for key in client.scan_iter(f"{PREFIX}job:*", count=1000) if not key.endswith(":done")]
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hget(key, "status")
-    for status in pipe.execute():
-        if status in counts:
-            counts[status] += 1
-    return counts
+    statuses = Stores.over(client).jobs.statuses(job_ids(client))
+    return {"queued": statuses.count("queued"), "running": statuses.count("running")}
 
 
-def job_outcomes(client: redis.Redis) -> dict[str, int]:
-    """Every job record by status, plus done jobs whose results miss a text or hold one twice."""
-    store = Stores.over(client)
+def job_outcomes(client: redis.Redis) -> dict:
+    """Every job record by final status, plus done jobs whose results miss a text or hold one twice."""
     outcomes = {"recorded": 0, "done": 0, "failed": 0, "unfinished": 0, "done_with_wrong_results": 0, "failed_by_error": {}}
-    prefix = f"{PREFIX}job:"
-    for key in client.scan_iter(f"{prefix}*", count=1000):
-        if key.endswith(":done"):
-            continue
-        record = store.jobs.get(key[len(prefix) :])
-        if record is None:
+    for job_id in job_ids(client):
+        fields = client.hgetall(job_key(job_id))
+        if not fields:
             continue
         outcomes["recorded"] += 1
-        if record.status == "done":
+        if fields["status"] == "done":
             outcomes["done"] += 1
-            results = json.loads(client.hget(key, "results") or "{}")
-            uncached = {text for text, known in zip(record.texts, json.loads(client.hget(key, "predictions"))) if known is None}
-            if set(results) != uncached or any(prediction is None for prediction in record.predictions):
+            # The worker's results must hold exactly the texts the cache did not know: once each.
+            known = json.loads(fields["predictions"])
+            uncached = {text for text, prediction in zip(json.loads(fields["texts"]), known) if prediction is None}
+            if set(json.loads(fields.get("results", "{}"))) != uncached:
                 outcomes["done_with_wrong_results"] += 1
-        elif record.status == "failed":
+        elif fields["status"] == "failed":
             outcomes["failed"] += 1
-            error = str(record.error)
+            error = fields.get("error", "")
             outcomes["failed_by_error"][error] = outcomes["failed_by_error"].get(error, 0) + 1
         else:
             outcomes["unfinished"] += 1
@@ -183,7 +178,7 @@ def run_fault(fault: str, seconds: int) -> dict:
         counts = {name: int(metrics.get(name, {}).get("count", 0)) for name in COUNTERS}
         # Wait for every job to end: a killed worker's unacked ones come back after the visibility timeout.
         give_up_at = time.time() + VISIBILITY_TIMEOUT_S + 60
-        while job_outcomes(client)["unfinished"] and time.time() < give_up_at:
+        while jobs_in_flight(client) != {"queued": 0, "running": 0} and time.time() < give_up_at:
             time.sleep(1)
         jobs = job_outcomes(client)
         return {

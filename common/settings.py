@@ -120,7 +120,7 @@ class Settings:
         return with_password(self.cache_url, self.effective_redis_password())
 
     def effective_redis_password(self) -> str:
-        """The password from REDIS_PASSWORD_FILE (re-read each call, so a rotated file is seen), else REDIS_PASSWORD."""
+        """The password from REDIS_PASSWORD_FILE, else REDIS_PASSWORD; connections read it when they are built."""
         if self.redis_password_file:
             return Path(self.redis_password_file).read_text().strip()
         return self.redis_password

@@ -71,10 +71,7 @@ def finished(web_url: str, job_id: str) -> dict | None:
 
 def job_statuses(client: redis.Redis, job_ids) -> dict[str, str | None]:
     """Each job's status as stored right now, read from Redis in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(job_key(job_id), "status")
-    return dict(zip(job_ids, pipe.execute()))
+    return dict(zip(job_ids, Stores.over(client).jobs.statuses(job_ids)))
 
 
 def all_job_ids(client: redis.Redis) -> list[str]:

@@ -21,7 +21,7 @@ class _Outgoing:
     def __init__(self, job: QueuedJob):
         self.job = job
         self.sent = False
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         # Set when the job has left (or failed to), or when this request must publish the next message.
         self.woken = threading.Event()
 
@@ -52,20 +52,24 @@ class JobDispatcher:
     def _publish_waiting(self) -> None:
         with self._lock:
             batch, self._waiting = self._waiting, []
-        error = None
+        error: BaseException | None = RuntimeError("the publish was interrupted")
         try:
             self.celery.send_task(PREDICT_JOBS_TASK, args=[[outgoing.job.to_message() for outgoing in batch]])
+            error = None
             metrics.JOBS_PER_MESSAGE.observe(len(batch))
         except Exception as publish_error:  # each request answers for its own job (503, reservation released)
             error = publish_error
-        with self._lock:
-            # Hand the next message to the first job that arrived meanwhile, so no request publishes
-            # more than one message beyond its own and this one answers its client now.
-            if self._waiting:
-                self._waiting[0].woken.set()
-            else:
-                self._publishing = False
-        for outgoing in batch:
-            outgoing.error = error
-            outgoing.sent = True
-            outgoing.woken.set()
+        finally:
+            # Whatever happened, hand on the lead and wake every request of this message, or
+            # later requests of this process would wait forever.
+            with self._lock:
+                # Hand the next message to the first job that arrived meanwhile, so no request
+                # publishes more than one message beyond its own and this one answers its client now.
+                if self._waiting:
+                    self._waiting[0].woken.set()
+                else:
+                    self._publishing = False
+            for outgoing in batch:
+                outgoing.error = error
+                outgoing.sent = True
+                outgoing.woken.set()

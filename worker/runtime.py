@@ -82,6 +82,7 @@ class WorkerRuntime:
         self._recycling = threading.Event()
         # Set while Celery's consumer runs; heartbeats only then.
         self._consuming = threading.Event()
+        self._heartbeat_lock = threading.Lock()
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -106,11 +107,12 @@ class WorkerRuntime:
 
     def withdraw(self) -> None:
         """Stop heartbeats and leave the live-worker set: the consumer died and a new one is starting."""
-        self._consuming.clear()
-        try:
-            self.stores.workers.remove(self.name)
-        except redis.RedisError as error:
-            log.warning("could not leave the live-worker set: %s", error)
+        with self._heartbeat_lock:  # so no heartbeat already under way re-adds this worker afterwards
+            self._consuming.clear()
+            try:
+                self.stores.workers.remove(self.name)
+            except redis.RedisError as error:
+                log.warning("could not leave the live-worker set: %s", error)
 
     def shutdown(self) -> None:
         """Finish held batches, then leave the live-worker set."""
@@ -123,11 +125,12 @@ class WorkerRuntime:
 
     def _beat(self) -> None:
         while not self._heartbeat_stop.is_set():
-            if self._consuming.is_set():
-                try:
-                    self.stores.workers.heartbeat(self.name, self.model.identity)
-                except redis.RedisError as error:
-                    log.warning("heartbeat failed: %s", error)
+            with self._heartbeat_lock:
+                if self._consuming.is_set():
+                    try:
+                        self.stores.workers.heartbeat(self.name, self.model.identity)
+                    except redis.RedisError as error:
+                        log.warning("heartbeat failed: %s", error)
             self._heartbeat_stop.wait(HEARTBEAT_INTERVAL_S)
 
     def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
@@ -181,10 +184,7 @@ class WorkerRuntime:
                 except DeadlineExpired:
                     outcomes[job_id] = self._expire(job_id, retries)
                 except Exception as error:
-                    retries.run(partial(self.stores.queue.release, job_id), "releasing a job")
-                    retries.run(partial(self.stores.jobs.fail, job_id, JobError.INFERENCE_ERROR), "failing a job")
-                    metrics.JOBS.labels("failed").inc()
-                    outcomes[job_id] = "failed"
+                    outcomes[job_id] = self._fail(job_id, JobError.INFERENCE_ERROR, retries)
                     inference_error = error
             if results_by_job:
                 retries.run(partial(self.stores.complete_jobs, self.model.identity, results_by_job), "completing jobs")
@@ -199,7 +199,8 @@ class WorkerRuntime:
 
         The orchestrator (Kubernetes, compose's restart policy) starts a fresh process, so memory
         that grew for any reason is given back before the pod's limit OOM-kills it mid-batch.
-        Checked after each message, when the memory a batch used has been released.
+        Checked after each message (reading /proc costs microseconds): a worker that takes no
+        messages does not grow.
         """
         limit = self.settings.worker_max_rss_mb
         if not limit or self._recycling.is_set():
@@ -216,7 +217,12 @@ class WorkerRuntime:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _expire(self, job_id: str, retries: RedisRetries) -> str:
+        return self._fail(job_id, JobError.EXPIRED, retries)
+
+    def _fail(self, job_id: str, reason: JobError, retries: RedisRetries) -> str:
+        """End a job failed (expired, or its batch broke), releasing its queue reservation; the outcome's name."""
         retries.run(partial(self.stores.queue.release, job_id), "releasing a job")
-        retries.run(partial(self.stores.jobs.fail, job_id, JobError.EXPIRED), "expiring a job")
-        metrics.JOBS.labels("expired").inc()
-        return "expired"
+        retries.run(partial(self.stores.jobs.fail, job_id, reason), "failing a job")
+        outcome = "expired" if reason == JobError.EXPIRED else "failed"
+        metrics.JOBS.labels(outcome).inc()
+        return outcome
