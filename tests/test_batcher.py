@@ -11,6 +11,7 @@ class GatedModel:
     """A packed model stand-in whose forward passes block until the test lets them finish."""
 
     pads = False
+    identity = "gated-model@0"
 
     def __init__(self):
         self.forward_started = threading.Event()

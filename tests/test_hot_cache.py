@@ -2,9 +2,9 @@
 
 import redis
 
+from common.hot_cache import HotCache
 from common.settings import Settings
 from common.store import Stores
-from web.hot_cache import HotCache
 
 POSITIVE = [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]
 NEGATIVE = [{"label": "NEGATIVE", "score": 0.8}, {"label": "POSITIVE", "score": 0.2}]

@@ -53,6 +53,7 @@ class RecordingModel:
         self.computed = 0
 
     pads = True
+    identity = "recording-model@0"
 
     def encode(self, texts):
         return [[1] * (len(text) + 2) for text in texts]
@@ -259,3 +260,4 @@ def test_ending_a_job_releases_its_reservation_when_its_batch_start_was_never_re
     assert store.queue.reserve("job-a", 2, max_queued_texts=10)
     store.complete_jobs("model@1", {"job-a": {"a": [], "b": []}})
     assert store.queue.queued_texts() == 0
+

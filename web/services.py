@@ -5,10 +5,10 @@ import time
 from flask import Flask, current_app
 
 from common.celery_app import create_celery
+from common.hot_cache import HotCache
 from common.settings import Settings
 from common.store import connect, stores_from_settings
 from web.dispatch import JobDispatcher
-from web.hot_cache import HotCache
 
 EXTENSION_KEY = "sentiment"
 MODEL_IDENTITY_TTL_S = 2.0

@@ -18,11 +18,11 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from common.hot_cache import HotCache
 from model.core import length_sorted_batches
 from worker.thread_names import FORWARD_THREAD_NAME, name_this_thread
 
@@ -80,8 +80,7 @@ class Batcher:
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
         self._pending: queue.SimpleQueue[PendingJob] = queue.SimpleQueue()
-        # Touched only by the batcher thread.
-        self._recent: OrderedDict[str, list] = OrderedDict()
+        self._recent = HotCache(RECENT_RESULTS)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
 
@@ -150,14 +149,10 @@ class Batcher:
 
     def _infer(self, jobs: list[PendingJob]) -> dict[str, list]:
         """Score the jobs' distinct texts not scored recently, in length-sorted batches bounded by text and token counts."""
-        results = {}
-        texts = []
-        for text in dict.fromkeys(text for job in jobs for text in job.texts):
-            if text in self._recent:
-                results[text] = self._recent[text]
-                self._recent.move_to_end(text)
-            else:
-                texts.append(text)
+        distinct = list(dict.fromkeys(text for job in jobs for text in job.texts))
+        known = self._recent.lookup(self.model.identity, distinct)
+        results = {text: prediction for text, prediction in zip(distinct, known) if prediction is not None}
+        texts = [text for text, prediction in zip(distinct, known) if prediction is None]
         if not texts:
             return results
         token_ids = self.model.encode(texts)
@@ -168,7 +163,7 @@ class Batcher:
             seconds = time.perf_counter() - started
             for index, prediction in zip(group, predictions):
                 results[texts[index]] = prediction
-                self._remember(texts[index], prediction)
+            self._recent.store(self.model.identity, [texts[index] for index in group], predictions)
             in_group = {texts[i] for i in group}
             self.on_batch(
                 BatchRecord(
@@ -180,8 +175,3 @@ class Batcher:
                 )
             )
         return results
-
-    def _remember(self, text: str, prediction: list) -> None:
-        self._recent[text] = prediction
-        if len(self._recent) > RECENT_RESULTS:
-            self._recent.popitem(last=False)

@@ -1,9 +1,11 @@
-"""A small in-process cache of recent predictions, in front of the Redis cache.
+"""A small in-process LRU of predictions by (model identity, text).
 
-A prediction never changes for a given model identity (the identity is part of every key), so a
-copy held by a web process is never stale: it can only be evicted. Hot texts are then answered
-without a Redis round trip, which under many threads per process costs more in waiting for the
-GIL after the socket I/O than in Redis itself (docs/performance.md).
+A prediction never changes for a given model identity, so a copy held in a process is never
+stale: it can only be evicted. Web processes keep one in front of the Redis cache, so hot texts
+are answered without a round trip, which under many threads per process costs more in waiting
+for the GIL after the socket I/O than in Redis itself (docs/performance.md). The worker's batcher
+keeps one of the texts it computed last, so a text that arrives again before its result reached
+the cache is not computed twice.
 """
 
 import threading
