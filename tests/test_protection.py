@@ -9,6 +9,7 @@ import redis
 
 from common.settings import Settings
 from common.store import Stores
+from common.store.keys import done_key
 from tests.support import free_port, wait_until
 from web.security import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
@@ -261,3 +262,16 @@ def test_ending_a_job_releases_its_reservation_when_its_batch_start_was_never_re
     store.complete_jobs("model@1", {"job-a": {"a": [], "b": []}})
     assert store.queue.queued_texts() == 0
 
+
+def test_a_job_ends_once_even_when_a_redelivered_copy_ends_it_again(private_redis):
+    # A message that outlives its visibility timeout is delivered again while the first copy runs;
+    # both copies end the job. The second must change nothing: no second wake-up, no done -> failed.
+    store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
+    store.jobs.create("job-a", ["a"], [None], time.time() + 60)
+    store.jobs.finish("job-a", {"a": [{"label": "POSITIVE", "score": 0.7}, {"label": "NEGATIVE", "score": 0.3}]})
+    store.jobs.finish("job-a", {"a": [{"label": "NEGATIVE", "score": 0.6}, {"label": "POSITIVE", "score": 0.4}]})
+    store.jobs.fail("job-a", "expired")
+    record = store.jobs.get("job-a")
+    assert record.status == "done" and record.error is None
+    assert record.predictions[0][0] == {"label": "POSITIVE", "score": 0.7}
+    assert store.main.llen(done_key("job-a")) == 1

@@ -27,11 +27,15 @@ return 1
 """
 
 # End a live job: final status, the error code when failed or the results when done, then hand
-# the outcome (the results JSON, or '' when failed) to whoever waits on the done list.
+# the outcome (the results JSON, or '' when failed) to whoever waits on the done list. A job that
+# already ended stays as it ended: a redelivered copy that ran alongside the first (its message
+# came back after the visibility timeout) neither ends it again nor turns done into failed.
 _END_SCRIPT = """
 local record, done_list = KEYS[1], KEYS[2]
 local final_status, error_code, results, ttl_s = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', record) == 0 then return 0 end
+local done, failed = ARGV[5], ARGV[6]
+local status = redis.call('HGET', record, 'status')
+if not status or status == done or status == failed then return 0 end
 redis.call('HSET', record, 'status', final_status)
 if error_code ~= '' then redis.call('HSET', record, 'error', error_code) end
 if results ~= '' then redis.call('HSET', record, 'results', results) end
@@ -120,7 +124,7 @@ class JobRecords:
     def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str, pipeline=None) -> None:
         self._end(
             keys=[job_key(job_id), done_key(job_id)],
-            args=[final_status.value, error_code, results, self.ttl_s],
+            args=[final_status.value, error_code, results, self.ttl_s, JobStatus.DONE.value, JobStatus.FAILED.value],
             client=pipeline or self.client,
         )
 
