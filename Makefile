@@ -9,15 +9,15 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server promtool constraints evaluate model-bench bench export-onnx smoke soak chaos clean
+.PHONY: run test lint install install-dev redis-server nginx promtool constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
-run: install redis-server
+run: install redis-server nginx
 	$(VENV)/bin/python -m stack
 
-test: install-dev redis-server promtool lint
+test: install-dev redis-server nginx promtool lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-lint: install-dev
+lint: install-dev nginx
 	VENV=$(VENV) scripts/lint.sh
 
 $(VENV)/bin/python:
@@ -35,13 +35,17 @@ $(VENV)/.dev-installed: $(VENV)/.run-installed requirements/dev.txt
 install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed
 
-# Debian packages, installed only when their command is missing: redis-server for the stack and
-# the tests, promtool (package prometheus) for the Prometheus config check.
+# Debian packages, installed only when their command is missing: redis-server and nginx (the front
+# door) for the stack and the tests, promtool (package prometheus) for the Prometheus config check.
+# Debian's nginx package also enables its own default site on port 80; the stack does not use it.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
 
 redis-server:
 	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
+
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(APT_INSTALL) nginx; }
 
 promtool:
 	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus; }

@@ -23,6 +23,10 @@ step "promtool"
 need promtool "apt-get install prometheus"
 promtool check config deploy/prometheus/prometheus.yml
 
+step "nginx -t (the front door, as make run and compose fill it in)"
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need nginx "apt-get install nginx"  # /usr/sbin: not on a user's PATH
+"$BIN/python" -m stack.front_door
+
 step "kustomize + kubernetes-validate --strict"
 need kubectl "kubectl is expected on these machines; install it from your distribution or the Kubernetes release"
 rendered="$(mktemp -d)"

@@ -1,9 +1,11 @@
 """Run the whole service on this machine: ``python -m stack`` (what ``make run`` does).
 
-Starts redis-server (unless REDIS_URL is set), one worker and gunicorn on loopback, waits until
-/ready answers, then runs until Ctrl-C or SIGTERM stops it all, or until one process exits.
+Starts redis-server (unless REDIS_URL is set), one worker, gunicorn on a private loopback port and
+nginx, the front door, on PORT in front of it (as production runs: deploy/nginx/); waits until /ready
+answers through the front door, then runs until Ctrl-C or SIGTERM stops it all, or until one process exits.
 
-- PORT: the web port, 8000 by default.
+- PORT: the service's port (nginx's), 8000 by default.
+- TRUST_PROXY_HOPS: proxies in front of this stack, if any; the front door counts as one more.
 - REDIS_PORT: Redis's port; by default 6379, or a free port when something (often the system's
   own Redis) already listens there.
 - Every other variable passes through to the worker and gunicorn (MODEL, TORCH_THREADS, ...).
@@ -18,6 +20,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from common.settings import Settings
+from stack.front_door import FrontDoor
 from stack.processes import (
     LOOPBACK,
     ChildProcess,
@@ -64,7 +68,14 @@ def run(environ: Mapping[str, str]) -> int:
     """Start the stack, wait until it is ready, and watch it; return the exit status."""
     web_port = int(environ.get("PORT") or DEFAULT_WEB_PORT)
     ready_url = f"http://{LOOPBACK}:{web_port}/ready"
-    env = {"PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
+    gunicorn_address = f"{LOOPBACK}:{free_port()}"
+    env = {
+        "PORT": str(web_port),
+        "BIND": gunicorn_address,
+        # X-Forwarded-For's last hop is the front door's view of the client: what rate limits must see.
+        "TRUST_PROXY_HOPS": str(int(environ.get("TRUST_PROXY_HOPS") or 0) + 1),
+        "PYTHONUNBUFFERED": "1",
+    }
     processes: list[RedisServer | ChildProcess] = []
     healthy_stop = False
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -81,6 +92,8 @@ def run(environ: Mapping[str, str]) -> int:
                 "web", [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"], env, echo=True
             )
         )
+        max_body_bytes = Settings.from_env(environ={**environ, **env}).max_body_bytes
+        processes.append(FrontDoor(web_port, gunicorn_address, max_body_bytes, echo=True))
 
         def ready() -> bool:
             for process in processes:
@@ -89,7 +102,10 @@ def run(environ: Mapping[str, str]) -> int:
             return http_status(ready_url) == 200
 
         wait_until(ready, READY_TIMEOUT_S, f"{ready_url} to answer 200", interval_s=0.2)
-        say(f"\nSentiment Score API: http://{LOOPBACK}:{web_port}  (docs: http://{LOOPBACK}:{web_port}/docs; Ctrl-C stops)\n")
+        say(
+            f"\nSentiment Score API: http://{LOOPBACK}:{web_port}  (docs: http://{LOOPBACK}:{web_port}/docs; Ctrl-C stops)"
+            f"\n  nginx on port {web_port} buffers each request, then hands it to gunicorn on {gunicorn_address}\n"
+        )
         while all(process.alive() for process in processes):
             time.sleep(WATCH_INTERVAL_S)
         exited = next(process for process in processes if not process.alive())

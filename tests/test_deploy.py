@@ -221,6 +221,16 @@ def test_prod_routes_exactly_the_public_paths():
     assert any(image.startswith("sentimentacr.azurecr.io/sentiment-web:") for image in images)
 
 
+def test_prod_ingress_buffers_requests_and_bounds_slow_clients():
+    (ingress,) = of_kind(render("prod"), "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert annotations[nginx + "proxy-request-buffering"] == "on"
+    assert annotations[nginx + "proxy-body-size"] == f"{Settings().max_body_bytes // 1024 // 1024}m"
+    assert int(annotations[nginx + "proxy-read-timeout"]) > Settings().sync_wait_s
+    assert int(annotations[nginx + "limit-connections"]) > 0
+
+
 def test_dev_runs_one_replica_of_local_images():
     manifests = render("dev")
     for deployment in of_kind(manifests, "Deployment"):
@@ -229,11 +239,18 @@ def test_dev_runs_one_replica_of_local_images():
     assert of_kind(manifests, "ScaledObject")[0]["spec"]["maxReplicaCount"] == 1
 
 
-def test_compose_publishes_only_web_grafana_and_flower_and_gates_on_health():
+def test_compose_publishes_only_the_front_door_grafana_and_flower_and_gates_on_health():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "web", "worker", "flower", "prometheus", "grafana"} <= set(services)
-    assert {name for name, service in services.items() if service.get("ports")} == {"web", "grafana", "flower"}
+    assert {"redis", "web", "worker", "front-door", "flower", "prometheus", "grafana"} <= set(services)
+    # gunicorn is reached only through nginx, which buffers requests (slow clients) and forwards the client's address.
+    assert {name for name, service in services.items() if service.get("ports")} == {"front-door", "grafana", "flower"}
+    front_door = services["front-door"]
+    assert "./deploy/nginx/front-door.conf.template:/etc/nginx/templates/front-door.conf.template:ro" in front_door["volumes"]
+    assert front_door["environment"]["WEB_UPSTREAM"] == "web:8000"
+    web_env = Settings.from_env(environ={key: str(value) for key, value in services["web"]["environment"].items()})
+    assert int(front_door["environment"]["MAX_BODY_BYTES"]) == web_env.max_body_bytes
+    assert web_env.trust_proxy_hops == 1
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"], "Flower is published on this host's loopback only"
     for name, service in services.items():
         image = service.get("image", "")

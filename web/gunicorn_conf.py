@@ -25,8 +25,10 @@ bind = settings.web_bind
 worker_class = "gthread"
 workers = settings.web_processes or len(os.sched_getaffinity(0))
 threads = settings.web_threads
-# Keep-alive connections from a load balancer or client pool, and idle threads, are cheap.
-keepalive = 30
+# Idle keep-alive connections wait in gthread's poller, not in a thread, so they are cheap. Longer than
+# the idle timeout of the proxies in front (the front door's 20 s, ingress-nginx's 60 s), so the proxy
+# always closes an idle connection first and never sends a request on one gunicorn is closing (a 502).
+keepalive = 75
 timeout = 60
 graceful_timeout = 30
 accesslog = settings.access_log or None

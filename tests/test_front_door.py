@@ -1,0 +1,164 @@
+"""The front door (nginx, deploy/nginx/): slow clients, its refusals, its per-address limit, forwarded addresses."""
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bench import slow_clients
+from stack import free_port, http_status, start_web, wait_until
+from stack.front_door import FrontDoor
+from tests.support import REPO
+
+# From the template: requests in progress per client address, and client_body_timeout.
+PER_ADDRESS_LIMIT = 128
+BODY_TIMEOUT_S = 10
+
+
+def call(url_port: int, method: str, path: str, source: str = "127.0.0.1", body=None, headers=None, timeout_s: float = 10):
+    """One request from ``source`` (a loopback address); (status, headers, parsed JSON body or raw bytes)."""
+    connection = http.client.HTTPConnection("127.0.0.1", url_port, timeout=timeout_s, source_address=(source, 0))
+    try:
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = raw
+        return response.status, response.headers, payload
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def front_door(web_url, settings):
+    """nginx in front of the session's gunicorn."""
+    door = FrontDoor(free_port(), web_url.removeprefix("http://"), settings.max_body_bytes)
+    door.wait_until_listening()
+    yield door
+    door.close()
+
+
+def model_override(service_env) -> dict:
+    return {"MODEL": service_env["MODEL"]} if "MODEL" in service_env else {}
+
+
+def test_slow_clients_do_not_starve_a_normal_client_through_make_runs_port(service_env):
+    """500 connections trickle bodies for 60 s into `make run`'s stack; a normal client stays fast and error-free."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "MAKEFLAGS")}
+    env.update({"PORT": str(port), "REDIS_PORT": str(free_port()), "WORKER_METRICS_PORT": "0", **model_override(service_env)})
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "stack"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output: list[bytes] = []
+    threading.Thread(target=lambda: output.extend(stack.stdout), daemon=True).start()
+    try:
+
+        def ready():
+            assert stack.poll() is None, b"".join(output)[-3000:].decode(errors="replace")
+            return http_status(f"http://127.0.0.1:{port}/ready") == 200
+
+        wait_until(ready, 180, "the stack's /ready", interval_s=0.5)
+        report = slow_clients.run(f"http://127.0.0.1:{port}", connections=500, seconds=60)
+    finally:
+        os.killpg(stack.pid, signal.SIGTERM)
+        stack.wait(60)
+
+    # Evidence first: the slow clients held their connections open for the whole run.
+    assert report["slow_outcomes"].get("held", 0) >= 450, report
+    normal = report["normal_client"]
+    assert normal["errors"] == 0, report
+    for name in ("health", "predict"):
+        assert normal[name]["calls"] >= 100, report  # it kept calling all along
+        assert normal[name]["p99_ms"] < 1000, report
+
+
+def test_front_door_refusals_use_the_service_error_shape(front_door, settings):
+    too_big = b'{"text": ["' + b"a" * settings.max_body_bytes + b'"]}'
+    status, headers, body = call(front_door.port, "POST", "/predict", body=too_big, headers={"Content-Type": "application/json"})
+    assert status == 413 and headers["Content-Type"] == "application/json"
+    assert body == {
+        "error": "payload_too_large",
+        "message": f"request body is over the limit of {settings.max_body_bytes} bytes (MAX_BODY_BYTES)",
+        "details": {"limit_bytes": settings.max_body_bytes},
+    }
+
+    # A body that stalls past client_body_timeout: nginx drops the connection without an answer.
+    with socket.create_connection(("127.0.0.1", front_door.port), timeout=BODY_TIMEOUT_S + 5) as stalled:
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
+        started = time.monotonic()
+        try:
+            answer = stalled.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" and BODY_TIMEOUT_S - 1 <= time.monotonic() - started < BODY_TIMEOUT_S + 5
+
+
+def test_front_door_answers_503_json_while_gunicorn_is_unreachable(settings):
+    door = FrontDoor(free_port(), f"127.0.0.1:{free_port()}", settings.max_body_bytes)
+    try:
+        door.wait_until_listening()
+        status, headers, body = call(door.port, "GET", "/health")
+    finally:
+        door.close()
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert body["error"] == "unavailable"
+
+
+def test_one_address_holds_at_most_128_requests_in_progress(front_door):
+    """Past the per-address limit, an address gets 429 JSON; other addresses are served as before."""
+    outcome: dict = {}
+    # 128 slow requests from 127.0.0.2, held open until the checks below are done.
+    holder = threading.Thread(
+        target=lambda: outcome.update(
+            asyncio.run(slow_clients.slow_clients("127.0.0.1", front_door.port, PER_ADDRESS_LIMIT, 1, 10, 1.0))
+        )
+    )
+    holder.start()
+
+    def refused_from_the_busy_address():
+        status, headers, body = call(front_door.port, "GET", "/health", source="127.0.0.2")
+        return (status, headers, body) if status == 429 else None
+
+    status, headers, body = wait_until(refused_from_the_busy_address, 15, "127.0.0.2 to reach its limit", interval_s=0.2)
+    assert headers["Retry-After"] == "1" and body["error"] == "too_many_connections"
+    assert call(front_door.port, "GET", "/health", source="127.0.0.3")[0] == 200
+    holder.join(30)
+    # Evidence the limit was what refused: all 128 were held to the end, none was turned away.
+    assert outcome == {"held": PER_ADDRESS_LIMIT}
+
+
+def test_rate_limits_see_each_client_through_the_front_door(service_env, private_redis):
+    """nginx forwards the client's address, gunicorn trusts one hop: each address has its own budget, unforgeably."""
+    env = {**service_env, "REDIS_URL": private_redis.url, "RATE_LIMIT": "2/minute", "TRUST_PROXY_HOPS": "1"}
+    web_port = free_port()
+    web = start_web(env, web_port, processes=1)
+    door = FrontDoor(free_port(), f"127.0.0.1:{web_port}", 1024 * 1024)
+    try:
+        door.wait_until_listening()
+
+        def predict(source, forged=None):
+            headers = {"Content-Type": "application/json", **({"X-Forwarded-For": forged} if forged else {})}
+            return call(door.port, "POST", "/predict", source, json.dumps({"text": []}), headers)[0]
+
+        assert [predict("127.0.0.2"), predict("127.0.0.2"), predict("127.0.0.2")] == [200, 200, 429]
+        assert predict("127.0.0.2", forged="203.0.113.7") == 429  # a forged header does not buy a new budget
+        assert predict("127.0.0.3") == 200
+    finally:
+        door.close()
+        web.stop()
