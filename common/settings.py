@@ -82,6 +82,31 @@ class Settings:
     max_text_chars: int = _setting("MAX_TEXT_CHARS", 2000, "Longest text, in characters.")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 1024 * 1024, "Largest request body.")
     max_queued_texts: int = _setting("MAX_QUEUED_TEXTS", 10000, "Texts waiting in the queue beyond which POST answers 429.")
+    max_job_texts: int = _setting("MAX_JOB_TEXTS", 100_000, "Most texts in one bulk job (POST /jobs).")
+    max_job_body_bytes: int = _setting("MAX_JOB_BODY_BYTES", 32 * 1024 * 1024, "Largest POST /jobs body.")
+    max_queued_bulk_texts: int = _setting(
+        "MAX_QUEUED_BULK_TEXTS", 1_000_000, "Texts of bulk jobs not yet scored beyond which POST /jobs answers 429."
+    )
+    bulk_queue_name: str = _setting("BULK_QUEUE_NAME", "", "Queue of bulk jobs' chunks; empty means QUEUE_NAME-bulk.")
+    bulk_chunk_texts: int = _setting(
+        "BULK_CHUNK_TEXTS", 64, "Texts per chunk of a bulk job: the unit of work, progress and cancellation."
+    )
+    bulk_consumers: int = _setting(
+        "BULK_CONSUMERS", 2, "Chunks one worker process works on at once, beside its interactive messages; 0: none."
+    )
+    webhook_secret: str = _setting(
+        "WEBHOOK_SECRET",
+        "",
+        "Key that signs webhooks (Standard Webhooks; a whsec_ prefix means base64); callbacks are refused without it.",
+        secret=True,
+    )
+    webhook_allow_private: int = _setting(
+        "WEBHOOK_ALLOW_PRIVATE", 0, "1 allows callback URLs on loopback, private and link-local addresses (tests, labs)."
+    )
+    webhook_max_attempts: int = _setting("WEBHOOK_MAX_ATTEMPTS", 8, "Deliveries tried per webhook before giving up.")
+    webhook_retry_base_s: float = _setting(
+        "WEBHOOK_RETRY_BASE_S", 2.0, "First retry delay of a failed webhook; doubled for each later one (at most an hour)."
+    )
     rate_limit: str = _setting("RATE_LIMIT", "", "Per-client limit such as '600/minute'; empty turns it off.")
     api_key_hashes: str = _setting("API_KEY_HASHES", "", "Comma-separated SHA-256 hex digests of accepted X-API-Key values.")
     trust_proxy_hops: int = _setting("TRUST_PROXY_HOPS", 0, "Proxies in front whose X-Forwarded-For is trusted.")
@@ -124,6 +149,11 @@ class Settings:
         if self.redis_password_file:
             return Path(self.redis_password_file).read_text().strip()
         return self.redis_password
+
+    @property
+    def bulk_queue(self) -> str:
+        """The queue bulk jobs' chunks travel on."""
+        return self.bulk_queue_name or f"{self.queue_name}-bulk"
 
     @property
     def web_bind(self) -> str:

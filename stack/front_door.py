@@ -95,8 +95,9 @@ class FrontDoor(ChildProcess):
 
         wait_until(answers, timeout_s, "nginx to answer", interval_s=0.1)
 
-    def close(self) -> None:
-        super().close()
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop nginx and delete its config folder; its log stays, like the other processes'."""
+        super().stop(timeout_s)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

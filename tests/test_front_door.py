@@ -18,8 +18,9 @@ from stack import free_port, http_status, start_web, wait_until
 from stack.front_door import FrontDoor
 from tests.support import REPO
 
-# From the template: requests in progress per client address, and client_body_timeout.
+# From the template: requests in progress per client address, client_header_timeout and client_body_timeout.
 PER_ADDRESS_LIMIT = 128
+HEADER_TIMEOUT_S = 10
 BODY_TIMEOUT_S = 10
 
 
@@ -88,16 +89,28 @@ def test_slow_clients_do_not_starve_a_normal_client_through_make_runs_port(servi
         assert normal[name]["p99_ms"] < 1000, report
 
 
-def test_front_door_refusals_use_the_service_error_shape(front_door, settings):
-    too_big = b'{"text": ["' + b"a" * settings.max_body_bytes + b'"]}'
-    status, headers, body = call(front_door.port, "POST", "/predict", body=too_big, headers={"Content-Type": "application/json"})
-    assert status == 413 and headers["Content-Type"] == "application/json"
+def test_front_door_refusals_use_the_service_error_shape(web_url):
+    # nginx's limit below gunicorn's, so the 413 can only be nginx's: in the service's JSON shape.
+    door = FrontDoor(free_port(), web_url.removeprefix("http://"), max_body_bytes=4096)
+    try:
+        door.wait_until_listening()
+        headers = {"Content-Type": "application/json"}
+        fits = json.dumps({"text": ["a" * 1900, "b" * 1900]})  # just under 4096 bytes
+        assert call(door.port, "POST", "/predict", body=fits, headers=headers)[0] in (200, 202)
+        too_big = json.dumps({"text": ["a" * 1900, "b" * 1900, "c" * 1900]})
+        status, answer_headers, body = call(door.port, "POST", "/predict", body=too_big, headers=headers)
+    finally:
+        door.close()
+    assert status == 413 and answer_headers["Content-Type"] == "application/json"
+    assert answer_headers["Server"] == "nginx"
     assert body == {
         "error": "payload_too_large",
-        "message": f"request body is over the limit of {settings.max_body_bytes} bytes (MAX_BODY_BYTES)",
-        "details": {"limit_bytes": settings.max_body_bytes},
+        "message": "request body is over the limit of 4096 bytes (MAX_BODY_BYTES)",
+        "details": {"limit_bytes": 4096},
     }
 
+
+def test_front_door_drops_clients_that_stall_their_headers_or_body(front_door):
     # A body that stalls past client_body_timeout: nginx drops the connection without an answer.
     with socket.create_connection(("127.0.0.1", front_door.port), timeout=BODY_TIMEOUT_S + 5) as stalled:
         stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
@@ -107,6 +120,16 @@ def test_front_door_refusals_use_the_service_error_shape(front_door, settings):
         except ConnectionResetError:
             answer = b""
     assert answer == b"" and BODY_TIMEOUT_S - 1 <= time.monotonic() - started < BODY_TIMEOUT_S + 5
+
+    # Headers that never end (no blank line): dropped after client_header_timeout, not 60 s.
+    with socket.create_connection(("127.0.0.1", front_door.port), timeout=HEADER_TIMEOUT_S + 5) as stalled:
+        stalled.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        try:
+            answer = stalled.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" and HEADER_TIMEOUT_S - 1 <= time.monotonic() - started < HEADER_TIMEOUT_S + 5
 
 
 def test_front_door_answers_503_json_while_gunicorn_is_unreachable(settings):
