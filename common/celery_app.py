@@ -1,11 +1,40 @@
 """The Celery application, built from settings; the web side uses it only to send tasks by name."""
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 # One message carries the jobs of several concurrent requests of one web process (web.dispatch).
 PREDICT_JOBS_TASK = "sentiment.predict_jobs"
 # One message per job: what web processes of earlier releases send; workers still accept it.
 PREDICT_TASK = "sentiment.predict"
+# Delivers a bulk job's webhook once it has ended, retrying itself with backoff (worker.webhooks).
+WEBHOOK_TASK = "sentiment.deliver_webhook"
+
+
+def bulk_queue(settings) -> Queue:
+    """The queue of bulk jobs' chunks, on the same broker as the Celery queue and beside it.
+
+    Workers read it with a consumer of their own (worker.bulk), not with Celery's thread pool, so
+    chunks of a 100,000-text job never hold the threads interactive messages need.
+    """
+    return Queue(settings.bulk_queue, Exchange(settings.bulk_queue, type="direct"), routing_key=settings.bulk_queue)
+
+
+def publish_bulk_chunks(app: Celery, settings, job_id: str, chunks: list[tuple[int, int]]) -> None:
+    """Send one message per chunk ``(start, stop)`` of a stored bulk job, on one broker connection."""
+    queue = bulk_queue(settings)
+    with app.producer_or_acquire() as producer:
+        for index, (start, stop) in enumerate(chunks):
+            producer.publish(
+                {"job_id": job_id, "chunk": index, "start": start, "stop": stop},
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue] if index == 0 else [],
+                serializer="json",
+                delivery_mode="persistent",
+                retry=True,
+                retry_policy=app.conf.task_publish_retry_policy,
+            )
 
 
 def create_celery(settings) -> Celery:

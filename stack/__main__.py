@@ -92,8 +92,10 @@ def run(environ: Mapping[str, str]) -> int:
                 "web", [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"], env, echo=True
             )
         )
-        max_body_bytes = Settings.from_env(environ={**environ, **env}).max_body_bytes
-        processes.append(FrontDoor(web_port, gunicorn_address, max_body_bytes, echo=True))
+        web_settings = Settings.from_env(environ={**environ, **env})
+        processes.append(
+            FrontDoor(web_port, gunicorn_address, web_settings.max_body_bytes, web_settings.max_job_body_bytes, echo=True)
+        )
 
         def ready() -> bool:
             for process in processes:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.settings import Settings
 from stack.processes import LOOPBACK, REPO, ChildProcess, StartupError, exited_during_startup, http_status, wait_until
 
 TEMPLATE = REPO / "deploy" / "nginx" / "front-door.conf.template"
@@ -22,13 +23,23 @@ TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 # web:8000 stands as a loopback address here; its listen value (a bare port) is compose's own.
 CHECKED_VARIANTS = {
     "make run": {"listen": f"{LOOPBACK}:8000", "upstream": f"{LOOPBACK}:8001", "max_body_bytes": 1048576},
-    "docker compose": {"listen": "8000", "upstream": f"{LOOPBACK}:8001", "max_body_bytes": 1048576},
+    "docker compose": {
+        "listen": "8000",
+        "upstream": f"{LOOPBACK}:8001",
+        "max_body_bytes": 1048576,
+        "max_job_body_bytes": 33554432,
+    },
 }
 
 
-def render_site(listen: str, upstream: str, max_body_bytes: int) -> str:
+def render_site(listen: str, upstream: str, max_body_bytes: int, max_job_body_bytes: int | None = None) -> str:
     """The template filled in as envsubst would; nginx's own $variables stay as they are."""
-    values = {"FRONT_DOOR_LISTEN": listen, "WEB_UPSTREAM": upstream, "MAX_BODY_BYTES": str(max_body_bytes)}
+    values = {
+        "FRONT_DOOR_LISTEN": listen,
+        "WEB_UPSTREAM": upstream,
+        "MAX_BODY_BYTES": str(max_body_bytes),
+        "MAX_JOB_BODY_BYTES": str(max_job_body_bytes or Settings().max_job_body_bytes),
+    }
     return string.Template(TEMPLATE.read_text()).safe_substitute(values)
 
 
@@ -52,10 +63,10 @@ http {{
 """
 
 
-def write_config(folder: Path, listen: str, upstream: str, max_body_bytes: int) -> Path:
+def write_config(folder: Path, listen: str, upstream: str, max_body_bytes: int, max_job_body_bytes: int | None = None) -> Path:
     """Write nginx.conf and the site into ``folder``; the path of nginx.conf."""
     site = folder / "front-door.conf"
-    site.write_text(render_site(listen, upstream, max_body_bytes))
+    site.write_text(render_site(listen, upstream, max_body_bytes, max_job_body_bytes))
     config = folder / "nginx.conf"
     config.write_text(main_config(folder, site))
     # Run as root, nginx's workers drop to `nobody`, which must reach the scratch folders in here.
@@ -73,10 +84,10 @@ def nginx_binary() -> str:
 class FrontDoor(ChildProcess):
     """nginx on ``LOOPBACK:port`` forwarding to gunicorn at ``upstream``, its config in a folder of its own."""
 
-    def __init__(self, port: int, upstream: str, max_body_bytes: int, echo: bool = False):
+    def __init__(self, port: int, upstream: str, max_body_bytes: int, max_job_body_bytes: int | None = None, echo: bool = False):
         self.port = port
         self.folder = Path(tempfile.mkdtemp(prefix="sentiment-front-door-"))
-        config = write_config(self.folder, f"{LOOPBACK}:{port}", upstream, max_body_bytes)
+        config = write_config(self.folder, f"{LOOPBACK}:{port}", upstream, max_body_bytes, max_job_body_bytes)
         # -e: nginx opens its compiled-in error log before reading the config; stderr needs no root.
         args = [nginx_binary(), "-p", str(self.folder), "-c", str(config), "-e", "stderr", "-g", "daemon off;"]
         super().__init__("front-door", args, {}, echo=echo)

@@ -1,5 +1,6 @@
 """Shared fixtures: one real redis-server, one real Celery worker and one gunicorn for the whole run."""
 
+import base64
 import os
 import uuid
 
@@ -39,6 +40,10 @@ def service_env(redis_server) -> dict[str, str]:
         "SYNC_WAIT_S": "20",
         "JOB_DEADLINE_S": "60",
         "PYTHONUNBUFFERED": "1",
+        # Webhooks on, to loopback receivers, retried quickly (tests/test_bulk.py).
+        "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"a test webhook key").decode(),
+        "WEBHOOK_ALLOW_PRIVATE": "1",
+        "WEBHOOK_RETRY_BASE_S": "0.5",
     }
     if os.environ.get("MODEL"):
         env["MODEL"] = os.environ["MODEL"]

@@ -114,7 +114,7 @@ def test_chunked_body_under_the_limit_is_parsed(web_url):
 
 
 def test_wrong_method_is_405(client):
-    for response in (client.get("/predict"), client.put("/predict", json={"text": []}), client.delete("/jobs/x")):
+    for response in (client.get("/predict"), client.put("/predict", json={"text": []}), client.put("/jobs/x")):
         assert_error(response, 405, "method_not_allowed")
 
 
@@ -145,7 +145,7 @@ def test_openapi_documents_every_endpoint_and_error_shape(client):
     assert {"/predict", "/jobs/{job_id}", "/health", "/ready"} <= set(spec["paths"])
     predict = spec["paths"]["/predict"]["post"]
     assert {"200", "202", "400", "413", "415", "422", "429", "503"} <= set(predict["responses"])
-    assert {parameter["name"] for parameter in predict["parameters"]} == {"wait", "deadline"}
+    assert {parameter["name"] for parameter in predict["parameters"]} == {"wait", "deadline", "Idempotency-Key"}
     assert set(spec["components"]["schemas"]["Error"]["required"]) == ERROR_KEYS
 
 

@@ -105,3 +105,57 @@ def test_a_text_in_a_forward_pass_is_not_computed_again_by_the_next_batch():
         assert [[len(ids) for ids in batch] for batch in model.batches] == [[3], [4]]
     finally:
         batcher.stop()
+
+
+class SteppedModel(GatedModel):
+    """Each forward pass waits for one step from the test."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+        self.passes = threading.Semaphore(0)
+
+    def predict_encoded(self, token_ids):
+        self.batches.append(list(token_ids))
+        self.passes.release()
+        assert self.steps.acquire(timeout=10), "the test never stepped the forward pass"
+        return [[{"label": "POSITIVE", "score": 1.0}, {"label": "NEGATIVE", "score": 0.0}] for _ in token_ids]
+
+
+def test_an_interactive_job_waits_behind_at_most_one_bulk_forward_pass():
+    model = SteppedModel()
+    batcher = start_batcher(model, max_texts=2)
+    try:
+        # Six one-word bulk texts: three forward passes of two.
+        chunk = batcher.submit_bulk("bulk", ["b1", "b2", "b3", "b4", "b5", "b6"])
+        assert model.passes.acquire(timeout=5)  # the chunk's first pass is in flight
+        interactive = batcher.submit("interactive", ["an interactive five-word text"], time.time() + 30, time.time())
+        model.steps.release()  # the first bulk pass ends...
+        assert model.passes.acquire(timeout=5)
+        assert model.batches[1] == [[1] * 4], "the next pass must be the interactive job's"
+        model.steps.release()
+        assert set(interactive.result(5)) == {"an interactive five-word text"}
+        for _ in range(2):  # then the rest of the chunk
+            model.steps.release()
+        assert len(chunk.result(5)) == 6 and len(model.batches) == 4
+    finally:
+        for _ in range(4):
+            model.steps.release()
+        batcher.stop()
+
+
+def test_bulk_chunks_wait_while_interactive_jobs_are_queued():
+    model = SteppedModel()
+    batcher = start_batcher(model)
+    try:
+        first = batcher.submit("first", ["the first"], time.time() + 30, time.time())
+        assert model.passes.acquire(timeout=5)
+        chunk = batcher.submit_bulk("bulk", ["bulk text"])  # queued before the next interactive job...
+        later = batcher.submit("later", ["a later interactive text"], time.time() + 30, time.time())
+        for _ in range(3):
+            model.steps.release()
+        first.result(5), later.result(5), chunk.result(5)
+        # ...and still runs after it.
+        assert model.batches[1] == [[1] * 4] and model.batches[2] == [[1] * 2]
+    finally:
+        batcher.stop()

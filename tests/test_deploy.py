@@ -174,10 +174,16 @@ def test_network_policies_let_only_the_intended_peers_in(manifests):
     policies = of_kind(manifests, "NetworkPolicy")
     default_deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
     assert any(set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} for p in default_deny)
-    # Egress: web and worker reach the Redis servers; the servers themselves call no one (DNS aside).
+    # Egress: web and worker reach the Redis servers; the servers themselves call no one (DNS aside);
+    # workers alone reach public http(s) addresses, for webhooks, and no private or link-local range.
     for policy in policies:
         for rule in policy["spec"].get("egress", []):
             ports = {p["port"] for p in rule["ports"]}
+            if ports == {80, 443}:
+                assert policy["metadata"]["name"] == "sentiment-worker"
+                (block,) = [peer["ipBlock"] for peer in rule["to"]]
+                assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+                continue
             assert ports in ({6379}, {53}), f"{policy['metadata']['name']} opens egress to {ports}"
 
 
@@ -214,21 +220,26 @@ def test_base_has_pdbs_hpa_and_settings(manifests):
 
 
 def test_prod_routes_exactly_the_public_paths():
-    (ingress,) = of_kind(render("prod"), "Ingress")
-    paths = {p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
-    assert paths == {"/predict", "/jobs", "/health", "/ready", "/docs", "/openapi.json"}
+    ingresses = of_kind(render("prod"), "Ingress")
+    paths = [p["path"] for ingress in ingresses for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert sorted(paths) == sorted(["/predict", "/jobs", "/health", "/ready", "/docs", "/openapi.json"])
     images = {c["image"] for spec in pod_specs(render("prod")) for c in spec["containers"]}
     assert any(image.startswith("sentimentacr.azurecr.io/sentiment-web:") for image in images)
 
 
 def test_prod_ingress_buffers_requests_and_bounds_slow_clients():
-    (ingress,) = of_kind(render("prod"), "Ingress")
-    annotations = ingress["metadata"]["annotations"]
     nginx = "nginx.ingress.kubernetes.io/"
-    assert annotations[nginx + "proxy-request-buffering"] == "on"
-    assert annotations[nginx + "proxy-body-size"] == f"{Settings().max_body_bytes // 1024 // 1024}m"
-    assert int(annotations[nginx + "proxy-read-timeout"]) > Settings().sync_wait_s
-    assert int(annotations[nginx + "limit-connections"]) > 0
+    body_limits = {}
+    for ingress in of_kind(render("prod"), "Ingress"):
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations[nginx + "proxy-request-buffering"] == "on"
+        assert int(annotations[nginx + "proxy-read-timeout"]) > Settings().sync_wait_s
+        assert int(annotations[nginx + "limit-connections"]) > 0
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                body_limits[path["path"]] = annotations[nginx + "proxy-body-size"]
+    assert body_limits.pop("/jobs") == f"{Settings().max_job_body_bytes // 1024 // 1024}m"
+    assert set(body_limits.values()) == {f"{Settings().max_body_bytes // 1024 // 1024}m"}
 
 
 def test_dev_runs_one_replica_of_local_images():

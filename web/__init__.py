@@ -7,6 +7,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.settings import Settings
 from web import health, metrics
+from web.bulk import create_bulk_blueprint
 from web.errors import register_error_handlers
 from web.predict import create_predict_blueprint
 from web.schemas import ErrorSchema
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = ServiceApi(app)
     api.spec.components.security_scheme(API_KEY_SCHEME, {"type": "apiKey", "in": "header", "name": API_KEY_HEADER})
     api.register_blueprint(create_predict_blueprint(settings))
+    api.register_blueprint(create_bulk_blueprint(settings))
     api.register_blueprint(health.blp)
     register_error_handlers(app)
     metrics.instrument(app, services)

@@ -9,7 +9,7 @@ import logging
 
 import kombu.exceptions
 import redis
-from flask import Flask, json, request
+from flask import Flask, g, json, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.jobs import JobError
@@ -59,15 +59,23 @@ class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
 
     @classmethod
-    def over(cls, limit_bytes: int) -> "PayloadTooLarge":
+    def over(cls, limit_bytes: int, setting: str = "MAX_BODY_BYTES") -> "PayloadTooLarge":
         """The 413 for a body over ``limit_bytes``, whether it came with a Content-Length or chunked."""
-        return cls(
-            f"request body is over the limit of {limit_bytes} bytes (MAX_BODY_BYTES)", details={"limit_bytes": limit_bytes}
-        )
+        return cls(f"request body is over the limit of {limit_bytes} bytes ({setting})", details={"limit_bytes": limit_bytes})
 
 
 class UnsupportedMediaType(APIError):
     status, code = 415, "unsupported_media_type"
+
+
+class Conflict(APIError):
+    """The job has already ended (cancel), or an Idempotency-Key was used with another body."""
+
+    status, code = 409, "job_ended"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
 
 
 class ValidationFailed(APIError):
@@ -147,7 +155,7 @@ def from_http_exception(error: HTTPException) -> APIError:
     """The hierarchy's error for a werkzeug exception, keeping headers such as Allow."""
     headers = {key: value for key, value in error.get_response().headers.items() if key not in ("Content-Type", "Content-Length")}
     if isinstance(error, RequestEntityTooLarge) and request.max_content_length is not None:
-        return PayloadTooLarge.over(request.max_content_length)
+        return PayloadTooLarge.over(request.max_content_length, g.get("body_limit_setting", "MAX_BODY_BYTES"))
     message = error.description or error.name
     error_class = HTTP_ERRORS.get(error.code)
     if error_class is None:

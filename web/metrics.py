@@ -29,6 +29,8 @@ JOB_WAIT_SECONDS = Histogram(
     "Seconds a request waited on its job before answering.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+BULK_TEXTS_QUEUED = Counter("sentiment_bulk_texts_queued_total", "Texts of bulk jobs accepted by POST /jobs.")
+BULK_JOBS_CANCELLED = Counter("sentiment_bulk_jobs_cancelled_total", "Bulk jobs cancelled by POST /jobs/<id>/cancel.")
 JOBS_PER_MESSAGE = Histogram(
     "sentiment_jobs_per_message",
     "Jobs of concurrent requests that left this web process in one Celery message.",
@@ -45,13 +47,20 @@ class QueueCollector:
     def collect(self):
         stores, queue_name = self.services.stores, self.services.settings.queue_name
         try:
-            values = (stores.queue.celery_queue_length(queue_name), stores.queue.queued_texts(), stores.workers.live_workers(), 1)
+            values = (
+                stores.queue.celery_queue_length(queue_name),
+                stores.queue.queued_texts(),
+                stores.bulk.queued_texts(),
+                stores.workers.live_workers(),
+                1,
+            )
         except Exception:  # a scrape must not fail because Redis is away; redis_up says so
-            values = (float("nan"), float("nan"), float("nan"), 0)
+            values = (float("nan"), float("nan"), float("nan"), float("nan"), 0)
         for (name, doc), value in zip(
             (
                 ("sentiment_queue_jobs", "Celery messages waiting in the queue, each with one or more jobs (Redis list length)."),
                 ("sentiment_queue_texts", "Texts waiting for a batch (backpressure counter)."),
+                ("sentiment_bulk_queued_texts", "Texts of bulk jobs not yet scored (MAX_QUEUED_BULK_TEXTS bounds it)."),
                 ("sentiment_workers_live", "Workers with a recent heartbeat."),
                 ("sentiment_redis_up", "1 when the web side reached Redis at scrape time."),
             ),

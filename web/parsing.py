@@ -3,8 +3,10 @@
 import json
 
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
 from webargs.flaskparser import FlaskParser
 
+from common.store.idempotency import MAX_KEY_LENGTH
 from web.errors import InvalidBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 
@@ -51,3 +53,18 @@ class ApiBlueprint(Blueprint):
     """flask-smorest blueprint that parses with StrictParser."""
 
     ARGUMENTS_PARSER = StrictParser()
+
+
+class IdempotencyHeaderSchema(Schema):
+    """The optional Idempotency-Key header of POST /predict and POST /jobs."""
+
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Length(1, MAX_KEY_LENGTH),
+        metadata={
+            "description": "A retry with the same key and body within JOB_TTL_S answers from the same job; another body: 409."
+        },
+    )

@@ -4,10 +4,12 @@ from flask import json
 
 from common.jobs import JobStatus, is_job_id
 from common.store import JobRecord
-from web.errors import JobFailed, NotFound, Overloaded
-from web.parsing import ApiBlueprint
+from common.store.bulk import status_view
+from common.store.idempotency import body_hash
+from web.errors import IdempotencyConflict, JobFailed, NotFound, Overloaded
+from web.parsing import ApiBlueprint, IdempotencyHeaderSchema
 from web.schemas import ErrorSchema, JobAcceptedSchema, JobStatusSchema, PredictionsSchema, predict_schemas
-from web.scoring import Failed, Pending, QueueFull, Scored, score
+from web.scoring import Failed, Idempotency, IdempotencyClash, Pending, QueueFull, Scored, score
 from web.security import API_KEY_SCHEME
 from web.services import services
 
@@ -41,6 +43,7 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
 
     @blp.route("/predict", methods=["POST"])
     @blp.doc(responses={"202": {"links": {"GetJob": JOB_LINK}}}, **needs_key)
+    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
     @blp.arguments(query_schema, location="query", as_kwargs=True)
     @blp.arguments(request_schema, location="json")
     @blp.alt_response(200, schema=PredictionsSchema, description="Every text scored.", success=True)
@@ -49,13 +52,16 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     )
     @blp.alt_response(400, description="Body is not JSON, not UTF-8 or nested too deeply.", **error)
     @blp.alt_response(401, description="Missing or invalid X-API-Key (when keys are on).", **error)
+    @blp.alt_response(409, description="Idempotency-Key used with another body.", **error)
     @blp.alt_response(413, description="Body over the size limit.", **error)
     @blp.alt_response(415, description="Content-Type is not application/json.", **error)
     @blp.alt_response(429, headers=RETRY_AFTER_HEADER, description="Queue full or rate limit passed.", **error)
     @blp.alt_response(503, headers=RETRY_AFTER_HEADER, description="Redis unavailable, or the job expired or failed.", **error)
-    def predict(body, wait=None, deadline=None):
+    def predict(body, wait=None, deadline=None, idempotency_key=None):
         """Score texts as NEGATIVE/POSITIVE."""
-        match score(services(), body["text"], wait, deadline):
+        key = idempotency_key
+        idempotency = Idempotency(key, body_hash({"text": body["text"]})) if key is not None else None
+        match score(services(), body["text"], wait, deadline, idempotency):
             case Scored(predictions):
                 return json_response({"predictions": predictions})
             case Pending(job_id, status):
@@ -65,6 +71,8 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
                 )
             case Failed(job_id, reason):
                 raise JobFailed(job_id, reason)
+            case IdempotencyClash(job_id):
+                raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": job_id})
             case QueueFull(new_texts, max_queued_texts):
                 raise Overloaded(
                     f"queued texts plus this request's {new_texts} would pass MAX_QUEUED_TEXTS ({max_queued_texts}); retry later",
@@ -77,10 +85,13 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     @blp.alt_response(404, description="Unknown or expired job.", **error)
     @blp.alt_response(503, headers=RETRY_AFTER_HEADER, description="Redis unavailable.", **error)
     def job_status(job_id):
-        """Poll a job."""
+        """Poll a job: a /predict job's status and predictions, or a bulk job's progress."""
         record = services().stores.jobs.get(job_id) if is_job_id(job_id) else None
-        if record is None:
-            raise NotFound(f"no job {job_id!r}: unknown, or expired after {settings.job_ttl_s}s")
-        return json_response(job_view(record))
+        if record is not None:
+            return json_response(job_view(record))
+        bulk = services().stores.bulk.get(job_id) if is_job_id(job_id) else None
+        if bulk is None:
+            raise NotFound(f"no job {job_id!r}: unknown, deleted, or expired after {settings.job_ttl_s}s")
+        return json_response(status_view(job_id, bulk))
 
     return blp

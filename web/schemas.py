@@ -48,6 +48,14 @@ class PredictionsSchema(Schema):
     )
 
 
+# Bounds of a bulk job's options.
+MAX_CALLBACK_URL_CHARS = 2048
+# http(s), a host name or IPv4 address, an optional port, a path of printable ASCII: what the
+# service can call. The same in Python and in JSON Schema's (ECMA) regexes.
+CALLBACK_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
+MAX_METADATA_ENTRIES = 16
+MAX_METADATA_CHARS = 512
+
 # Shorter deadlines are not meaningful for a queued service whose batches take up to hundreds of ms.
 MIN_DEADLINE_S = 1.0
 
@@ -58,14 +66,59 @@ class JobAcceptedSchema(Schema):
     status_url = fields.String(required=True, metadata={"description": "Poll this path with GET."})
 
 
+BULK_STATUSES = ["queued", "running", "done", "failed", "cancelled"]
+
+
+class ProgressSchema(Schema):
+    total = fields.Integer(required=True)
+    done = fields.Integer(required=True, metadata={"description": "Texts scored so far; never decreases."})
+    failed = fields.Integer(required=True, metadata={"description": "Texts whose batch failed; their results stay null."})
+
+
 class JobStatusSchema(Schema):
     job_id = fields.UUID(required=True)
-    status = fields.String(required=True, validate=validate.OneOf([status.value for status in JobStatus]))
-    predictions = prediction_field("Present when status is done: the request's full list, in input order.")
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(BULK_STATUSES),
+        metadata={"description": "queued, running, done or failed; a bulk job may also be cancelled."},
+    )
+    predictions = prediction_field("/predict's job, when done: the request's full list, in input order.")
     error = fields.String(
         validate=validate.OneOf([reason.value for reason in JobError]),
-        metadata={"description": f"Present when status is failed: {' or '.join(JobError)}."},
+        metadata={"description": f"/predict's job, when failed: {' or '.join(JobError)}."},
     )
+    progress = fields.Nested(ProgressSchema, metadata={"description": "Bulk job: texts scored and failed so far."})
+    metadata = fields.Dict(
+        keys=fields.String(), values=fields.String(), metadata={"description": "Bulk job: the metadata given, as given."}
+    )
+    created_at = fields.String(metadata={"description": "Bulk job: RFC 3339 time of submission."})
+    finished_at = fields.String(allow_none=True, metadata={"description": "Bulk job: RFC 3339 time it ended; null before."})
+
+
+class BulkJobAcceptedSchema(Schema):
+    job_id = fields.UUID(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(BULK_STATUSES))
+    status_url = fields.String(required=True, metadata={"description": "Follow the job here with GET."})
+    total = fields.Integer(required=True, metadata={"description": "Texts in the job."})
+
+
+class BulkResultsSchema(Schema):
+    predictions = fields.List(
+        fields.List(fields.Nested(LabelScoreSchema), validate=validate.Length(equal=2), allow_none=True),
+        required=True,
+        metadata={"description": "One entry per text of the page, in input order; null where not scored (yet)."},
+    )
+    offset = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    next = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "offset of the next page; null after the last."}
+    )
+
+
+class ResultsQuerySchema(Schema):
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
 
 
 class HealthSchema(Schema):
@@ -90,6 +143,34 @@ class BacklogSchema(Schema):
             "KEDA scales workers on it."
         },
     )
+
+
+def bulk_job_schema(settings) -> type[Schema]:
+    """POST /jobs's JSON body (for OpenAPI: the view parses JSON and NDJSON bodies itself)."""
+
+    class BulkJobRequestSchema(Schema):
+        text = fields.List(
+            fields.String(validate=validate.Length(max=settings.max_text_chars), metadata={"pattern": SAFE_TEXT_PATTERN}),
+            required=True,
+            validate=validate.Length(min=1, max=settings.max_job_texts),
+            metadata={"description": f"1 to {settings.max_job_texts} texts, each under /predict's rules."},
+        )
+        callback_url = fields.String(
+            validate=[validate.Length(max=MAX_CALLBACK_URL_CHARS), validate.Regexp(CALLBACK_URL_PATTERN)],
+            metadata={
+                "description": "Receives the job's status view, signed, when it ends (Standard Webhooks). Its host"
+                " must resolve to public addresses unless the service sets WEBHOOK_ALLOW_PRIVATE=1.",
+                "pattern": CALLBACK_URL_PATTERN,
+            },
+        )
+        metadata = fields.Dict(
+            keys=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
+            values=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
+            validate=validate.Length(max=MAX_METADATA_ENTRIES),
+            metadata={"description": f"Up to {MAX_METADATA_ENTRIES} string values, returned as given."},
+        )
+
+    return BulkJobRequestSchema
 
 
 def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:

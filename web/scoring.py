@@ -48,11 +48,33 @@ class QueueFull:
     max_queued_texts: int
 
 
-Outcome = Scored | Pending | Failed | QueueFull
+@dataclass(frozen=True)
+class IdempotencyClash:
+    """The request's Idempotency-Key was used within JOB_TTL_S with another body; nothing was done."""
+
+    job_id: str
 
 
-def score(services: Services, texts: list[str], wait_s: float | None, deadline_s: float | None) -> Outcome:
-    """Answer from the cache, or enqueue the missing texts and wait up to ``wait_s`` (default SYNC_WAIT_S)."""
+@dataclass(frozen=True)
+class Idempotency:
+    """A request's Idempotency-Key and the hash of its body."""
+
+    key: str
+    body_hash: str
+
+
+Outcome = Scored | Pending | Failed | QueueFull | IdempotencyClash
+IDEMPOTENCY_ROUTE = "predict"
+
+
+def score(
+    services: Services, texts: list[str], wait_s: float | None, deadline_s: float | None, idempotency: Idempotency | None = None
+) -> Outcome:
+    """Answer from the cache, or enqueue the missing texts and wait up to ``wait_s`` (default SYNC_WAIT_S).
+
+    With ``idempotency``, a retry of an earlier request (same key, same body) answers from that
+    request's job instead of creating another: no second job, no second computation.
+    """
     if not texts:
         return Scored([])
     settings = services.settings
@@ -61,16 +83,33 @@ def score(services: Services, texts: list[str], wait_s: float | None, deadline_s
     hits = sum(prediction is not None for prediction in known)
     metrics.CACHE_LOOKUPS.labels("hit").inc(hits)
     metrics.CACHE_LOOKUPS.labels("miss").inc(len(texts) - hits)
+    claims = services.stores.idempotency
+    earlier = None
+    if idempotency is not None:
+        # Claimed before any job exists (job id empty), so two concurrent retries cannot both create one.
+        earlier = claims.claim(IDEMPOTENCY_ROUTE, idempotency.key, idempotency.body_hash, "")
+        if earlier is not None and earlier.body_hash != idempotency.body_hash:
+            return IdempotencyClash(earlier.job_id)
     if hits == len(texts):
         metrics.ANSWERS.labels("cached").inc()
         return Scored(known)
 
-    enqueued = enqueue_job(services, texts, known, deadline_s)
-    if isinstance(enqueued, QueueFull):
-        return enqueued
-    job_id = enqueued
-    started = time.perf_counter()
     jobs = services.stores.jobs
+    if earlier is not None and earlier.job_id:
+        job_id = earlier.job_id
+        record = jobs.get(job_id)
+        if record is not None and record.status.is_final:
+            return Scored(record.predictions) if record.status == JobStatus.DONE else Failed(job_id, record.error)
+    else:
+        enqueued = enqueue_job(services, texts, known, deadline_s)
+        if isinstance(enqueued, QueueFull):
+            if idempotency is not None and earlier is None:
+                claims.release(IDEMPOTENCY_ROUTE, idempotency.key)
+            return enqueued
+        job_id = enqueued
+        if idempotency is not None:
+            claims.point_to(IDEMPOTENCY_ROUTE, idempotency.key, idempotency.body_hash, job_id)
+    started = time.perf_counter()
     results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
     if results is not None:

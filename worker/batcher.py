@@ -8,12 +8,18 @@ model really computes: real tokens when it runs packed). Jobs that arrive during
 form the next batch, so an idle model never waits and a busy one always has its next batch ready
 (TEI's policy).
 
+Interactive first: bulk jobs' chunks (``submit_bulk``) wait in a lane of their own. The loop takes
+a bulk chunk only when no interactive job is waiting, and runs interactive jobs that arrive
+meanwhile before each of the chunk's forward passes, so an interactive text waits behind at most
+one bulk forward pass.
+
 A text is computed once even when concurrent requests send it in jobs that land in different
 batches: the batcher keeps the predictions of its most recent texts (RECENT_RESULTS), so a job
 gathered while, or soon after, the same text was in a forward pass takes that pass's result
 instead of computing it again. (Its requests checked the cache before that result reached it.)
 """
 
+import itertools
 import logging
 import queue
 import threading
@@ -33,6 +39,10 @@ log = logging.getLogger(__name__)
 RECENT_RESULTS = 4096
 
 
+# The batcher's two lanes; the lower number goes first.
+INTERACTIVE, BULK = 0, 1
+
+
 class DeadlineExpired(Exception):
     """The job's deadline passed before its batch started; its texts were not computed."""
 
@@ -46,6 +56,7 @@ class PendingJob:
     deadline: float
     enqueued_at: float
     future: Future = field(default_factory=Future)
+    bulk: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,9 @@ class Batcher:
         self.gather_max_texts = gather_max_texts
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
-        self._pending: queue.SimpleQueue[PendingJob] = queue.SimpleQueue()
+        # (lane, arrival, job): interactive (0) before bulk (1), each lane in arrival order.
+        self._pending: queue.PriorityQueue[tuple[int, int, PendingJob]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._recent = HotCache(RECENT_RESULTS)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -95,35 +108,54 @@ class Batcher:
     def submit(self, job_id: str, texts: Sequence[str], deadline: float, enqueued_at: float) -> Future:
         """Queue a job's texts; the future resolves to {text: prediction} or raises DeadlineExpired."""
         job = PendingJob(job_id, list(texts), deadline, enqueued_at)
-        self._pending.put(job)
+        self._pending.put((INTERACTIVE, next(self._arrivals), job))
         return job.future
+
+    def submit_bulk(self, job_id: str, texts: Sequence[str]) -> Future:
+        """Queue a bulk chunk's texts behind every interactive job; the future resolves to {text: prediction}."""
+        job = PendingJob(job_id, list(texts), float("inf"), time.time(), bulk=True)
+        self._pending.put((BULK, next(self._arrivals), job))
+        return job.future
+
+    def _interactive_waiting(self) -> bool:
+        with self._pending.mutex:  # PriorityQueue keeps a heap: its first item is the next out
+            return bool(self._pending.queue) and self._pending.queue[0][0] == INTERACTIVE
 
     def _run(self) -> None:
         name_this_thread(FORWARD_THREAD_NAME)
         while not (self._stopping.is_set() and self._pending.empty()):
             jobs = self._gather()
-            if jobs:
+            if jobs and jobs[0].bulk:
+                self._process_bulk(jobs[0])
+            elif jobs:
                 self._process(jobs)
 
     def _gather(self) -> list[PendingJob]:
-        """Wait for a first job, then take every job already queued, up to gather_max_texts texts.
+        """Wait for a first job, then take every interactive job already queued, up to gather_max_texts texts.
 
-        Only a non-zero max_wait_s waits for jobs that have not arrived yet.
+        A bulk chunk comes alone, and only when no interactive job waits. Only a non-zero
+        max_wait_s waits for jobs that have not arrived yet.
         """
         try:
-            jobs = [self._pending.get(timeout=0.2)]
+            lane, _, first = self._pending.get(timeout=0.2)
         except queue.Empty:
             return []
-        texts = len(jobs[0].texts)
+        if lane == BULK:
+            return [first]
+        jobs = [first]
+        texts = len(first.texts)
         give_up_at = time.monotonic() + self.max_wait_s
         while texts < self.gather_max_texts:
             remaining = give_up_at - time.monotonic()
             try:
-                job = self._pending.get_nowait() if remaining <= 0 else self._pending.get(timeout=remaining)
+                item = self._pending.get_nowait() if remaining <= 0 else self._pending.get(timeout=remaining)
             except queue.Empty:
                 break
-            jobs.append(job)
-            texts += len(job.texts)
+            if item[0] == BULK:
+                self._pending.put(item)  # keeps its place: the arrival number orders the lane
+                break
+            jobs.append(item[2])
+            texts += len(item[2].texts)
         return jobs
 
     def _process(self, jobs: list[PendingJob]) -> None:
@@ -147,7 +179,22 @@ class Batcher:
         for job in live:
             job.future.set_result({text: results[text] for text in job.texts})
 
-    def _infer(self, jobs: list[PendingJob]) -> dict[str, list]:
+    def _process_bulk(self, chunk: PendingJob) -> None:
+        """One bulk chunk, pass by pass, serving waiting interactive jobs before each pass."""
+        try:
+            results = self._infer([chunk], before_each_pass=self._serve_interactive_jobs)
+        except Exception as error:
+            log.exception("bulk chunk of job %s failed", chunk.job_id)
+            chunk.future.set_exception(error)
+            return
+        chunk.future.set_result({text: results[text] for text in chunk.texts})
+
+    def _serve_interactive_jobs(self) -> None:
+        # Only this thread takes from the queue, so what the peek saw is what _gather takes.
+        while self._interactive_waiting():
+            self._process(self._gather())
+
+    def _infer(self, jobs: list[PendingJob], before_each_pass: Callable[[], None] | None = None) -> dict[str, list]:
         """Score the jobs' distinct texts not scored recently, in length-sorted batches bounded by text and token counts."""
         distinct = list(dict.fromkeys(text for job in jobs for text in job.texts))
         known = self._recent.lookup(self.model.identity, distinct)
@@ -158,6 +205,8 @@ class Batcher:
         token_ids = self.model.encode(texts)
         lengths = [len(ids) for ids in token_ids]
         for group in length_sorted_batches(lengths, self.max_texts, self.max_tokens, self.model.pads):
+            if before_each_pass:
+                before_each_pass()
             started = time.perf_counter()
             predictions = self.model.predict_encoded([token_ids[i] for i in group])
             seconds = time.perf_counter() - started

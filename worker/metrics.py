@@ -36,6 +36,16 @@ JOBS = Counter(
     "Jobs handled, by outcome (done, expired, failed; skipped: already ended, such as a redelivered job).",
     ["outcome"],
 )
+BULK_TEXTS = Counter(
+    "sentiment_worker_bulk_texts_total",
+    "Texts of bulk jobs' chunks settled, by outcome (done, failed; skipped: cancelled, deleted or redelivered chunks).",
+    ["outcome"],
+)
+WEBHOOKS = Counter(
+    "sentiment_worker_webhooks_total",
+    "Webhook delivery attempts, by outcome (delivered, retry, gave_up, refused).",
+    ["outcome"],
+)
 MODEL_LOAD_SECONDS = Gauge("sentiment_worker_model_load_seconds", "Seconds the model took to load.")
 
 

@@ -15,12 +15,16 @@ import redis
 
 from common.jobs import JobError, QueuedJob
 from common.store import stores_from_settings
+from common.store.bulk import ACTIVE as ACTIVE_BULK_STATUSES
 from common.store.workers import HEARTBEAT_INTERVAL_S
 from model.core import default_threads, load_classifier
 from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
 
 log = logging.getLogger(__name__)
+
+# What BulkJobs.settle_chunk answers when the chunk was a job's last.
+JOB_ENDED = 2
 
 
 def load_model(settings):
@@ -79,6 +83,8 @@ class WorkerRuntime:
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
         )
+        # Called with a bulk job's id when its last chunk settles (worker.__main__ sends its webhook).
+        self.on_bulk_job_ended = lambda job_id: None
         self._recycling = threading.Event()
         # Set while Celery's consumer runs; heartbeats only then.
         self._consuming = threading.Event()
@@ -193,6 +199,46 @@ class WorkerRuntime:
         if inference_error is not None:
             raise inference_error
         return outcomes
+
+    def run_bulk_chunk(self, job_id: str, chunk: int, start: int, stop: int) -> str:
+        """Score one chunk of a bulk job (texts start..stop-1) and settle it; the outcome's name.
+
+        Cached texts are not computed again, and a chunk's repeated texts are computed once; what is
+        computed fills the cache. A chunk of a cancelled, deleted or ended job, or one already
+        settled (a redelivery), is settled as skipped without computing anything.
+        """
+        retries = RedisRetries(self.settings.visibility_timeout_s)
+        bulk = self.stores.bulk
+        status = retries.run(partial(bulk.start_chunk, job_id, chunk), "starting a bulk chunk")
+        texts = []
+        if status in ACTIVE_BULK_STATUSES:
+            texts = retries.run(partial(bulk.chunk_texts, job_id, start, stop), "reading a bulk chunk")
+        if len(texts) != stop - start:  # gone, cancelled, ended or settled
+            if status != "settled":
+                retries.run(partial(bulk.settle_chunk, job_id, chunk, "skipped", stop - start), "settling a bulk chunk")
+            metrics.BULK_TEXTS.labels("skipped").inc(stop - start)
+            return "skipped"
+        identity = self.model.identity
+        known = retries.run(partial(self.stores.cache.lookup, identity, texts), "reading the cache")
+        missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
+        outcome = "done"
+        computed: dict[str, list] = {}
+        if missing:
+            try:
+                computed = self.batcher.submit_bulk(job_id, missing).result()
+            except Exception:
+                log.exception("bulk chunk %d of job %s failed", chunk, job_id)
+                outcome = "failed"
+            else:
+                retries.run(partial(self.stores.cache.store, identity, computed), "caching bulk results")
+        predictions = [prediction if prediction is not None else computed.get(text) for text, prediction in zip(texts, known)]
+        settled = retries.run(
+            partial(bulk.settle_chunk, job_id, chunk, outcome, len(texts), predictions), "settling a bulk chunk"
+        )
+        metrics.BULK_TEXTS.labels(outcome).inc(len(texts))
+        if settled == JOB_ENDED:
+            self.on_bulk_job_ended(job_id)
+        return outcome
 
     def recycle_if_too_big(self) -> None:
         """Past WORKER_MAX_RSS_MB, begin Celery's warm shutdown: no more jobs, held ones finish, then exit.

@@ -1,11 +1,16 @@
 """The Celery tasks: deserialise, hand to the runtime, done. The web side sends them by name."""
 
-from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK
+from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, WEBHOOK_TASK
 from common.jobs import QueuedJob
+from worker import webhooks
 
 
 def register_tasks(celery_app, runtime) -> None:
-    """Register the predict tasks on ``celery_app``, bound to this process's runtime."""
+    """Register the predict and webhook tasks on ``celery_app``, bound to this process's runtime."""
+
+    @celery_app.task(name=WEBHOOK_TASK)
+    def deliver_webhook(job_id: str, attempt: int = 0) -> str:
+        return webhooks.deliver(runtime.settings, runtime.stores, celery_app, job_id, attempt)
 
     @celery_app.task(name=PREDICT_JOBS_TASK)
     def predict_jobs(jobs: list[dict]) -> dict[str, str]:

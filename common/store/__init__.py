@@ -4,6 +4,8 @@
 - ``jobs``:         job records and the done lists that wake waiting requests
 - ``backpressure``: the queued-text budget behind 429 overloaded
 - ``workers``:      heartbeats, the served model's identity, recent batch records
+- ``bulk``:         bulk jobs: records, texts, chunk results, the bulk queue budget
+- ``idempotency``:  Idempotency-Key claims of POST /predict and POST /jobs
 """
 
 from dataclasses import dataclass
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 import redis
 
 from common.store.backpressure import QueueBudget
+from common.store.bulk import BulkJobs
 from common.store.cache import PredictionCache
+from common.store.idempotency import IdempotencyKeys
 from common.store.jobs import JobRecord, JobRecords
 from common.store.workers import WorkerRegistry
 
@@ -34,6 +38,8 @@ class Stores:
     jobs: JobRecords
     queue: QueueBudget
     workers: WorkerRegistry
+    bulk: BulkJobs
+    idempotency: IdempotencyKeys
 
     @classmethod
     def over(cls, main: redis.Redis, cache: redis.Redis | None = None, job_ttl_s: int = 3600, cache_ttl_s: int = 3600):
@@ -44,6 +50,8 @@ class Stores:
             jobs=JobRecords(main, job_ttl_s),
             queue=QueueBudget(main),
             workers=WorkerRegistry(main),
+            bulk=BulkJobs(main, job_ttl_s),
+            idempotency=IdempotencyKeys(main, job_ttl_s),
         )
 
     def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
