@@ -46,7 +46,15 @@ def test_client_resumes_after_ctrl_c_without_losing_or_repeating_a_row(web_url, 
     rows = write_reviews(tmp_path / "reviews.csv", unique, 6000)
     out = tmp_path / "scored.csv"
     state = Path(f"{out}.job.json")
-    first = subprocess.Popen(client(tmp_path / "reviews.csv", out, web_url), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default, even when this run inherits SIGINT ignored (a backgrounded CI shell), so the
+    # client gets a KeyboardInterrupt as in a terminal.
+    first = subprocess.Popen(
+        client(tmp_path / "reviews.csv", out, web_url),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     def part_written():
         assert first.poll() is None, first.stderr.read()
