@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from bench.run import ceiling, run_k6
+from bench.run import ceiling, k6_figures, run_k6
 from common.settings import Settings
 from common.store.bulk import job_keys
 from model.core import default_threads
@@ -48,13 +48,7 @@ def request(url: str, body: dict | None = None) -> dict:
 
 def interactive(web: str, sentences_file: Path, duration: str, out: Path, name: str, offset: int) -> dict:
     env = {"SENTENCES": str(sentences_file), "DURATION": duration, "VUS": "8", "RUN_OFFSET": str(offset)}
-    metrics = run_k6("uncached.js", web, env, out / f"bulk-k6-{name}.json", [])["metrics"]
-    return {
-        "requests_per_s": metrics["http_reqs"]["rate"],
-        "p50_ms": metrics["http_req_duration"]["p(50)"],
-        "p99_ms": metrics["http_req_duration"]["p(99)"],
-        "failed_checks": metrics.get("checks", {}).get("fails", 0),
-    }
+    return k6_figures(run_k6("uncached.js", web, env, out / f"bulk-k6-{name}.json", []), texts_per_request=1)
 
 
 def memory_usage(client: redis.Redis, keys: list[str]) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import slow_clients
-from bench.run import run_k6
+from bench.run import k6_figures, run_k6
 from common.settings import Settings
 from model_tools.sst2 import read_split
 from stack import RedisServer, free_port, start_web, start_worker
@@ -29,13 +29,8 @@ from stack.front_door import FrontDoor
 
 
 def seed_scenario_rate(base_url: str, env: dict, summary: Path) -> dict:
-    """One run of loadtest/load.js; its requests/s, p99 and failed checks."""
-    metrics = run_k6("load.js", base_url, env, summary, [])["metrics"]
-    return {
-        "requests_per_s": metrics["http_reqs"]["rate"],
-        "p99_ms": metrics["http_req_duration"]["p(99)"],
-        "failed_checks": metrics.get("checks", {}).get("fails", 0),
-    }
+    """One run of loadtest/load.js (one text per request): requests/s, latencies and failed checks."""
+    return k6_figures(run_k6("load.js", base_url, env, summary, []), texts_per_request=1)
 
 
 def main() -> None:

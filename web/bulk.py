@@ -8,6 +8,7 @@ import json
 import re
 
 from flask import Response, g, request, stream_with_context
+from marshmallow import ValidationError as MarshmallowValidationError
 
 from common.celery_app import WEBHOOK_TASK, publish_bulk_chunks
 from common.jobs import is_job_id, new_job_id
@@ -18,26 +19,24 @@ from web import metrics
 from web.errors import (
     Conflict,
     IdempotencyConflict,
-    InvalidBody,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
-    UnsupportedMediaType,
     ValidationFailed,
 )
-from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, body_was_cut_at_the_limit
+from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, load_json, read_text_body
+from web.predict import job_accepted, json_response
 from web.schemas import (
     CALLBACK_URL_PATTERN,
     MAX_CALLBACK_URL_CHARS,
     MAX_METADATA_CHARS,
     MAX_METADATA_ENTRIES,
-    UNSAFE_CHARACTERS,
     BulkJobAcceptedSchema,
     BulkResultsSchema,
     ErrorSchema,
     JobStatusSchema,
     ResultsQuerySchema,
     bulk_job_schema,
+    reject_unsafe_characters,
 )
 from web.security import API_KEY_SCHEME
 from web.services import services
@@ -47,42 +46,16 @@ NDJSON = "application/x-ndjson"
 MAX_REPORTED_PROBLEMS = 20
 
 
-def json_response(payload, status: int = 200, headers: dict | None = None):
-    return json.dumps(payload), status, {"Content-Type": "application/json", **(headers or {})}
-
-
-def accepted(job_id: str, status: str, total: int):
-    status_url = f"/jobs/{job_id}"
-    return json_response(
-        {"job_id": job_id, "status": status, "status_url": status_url, "total": total}, 202, {"Location": status_url}
-    )
-
-
 def read_body(settings) -> tuple[str, str]:
     """The body, decoded, and its media type; POST /jobs has a limit of its own, MAX_JOB_BODY_BYTES."""
     request.max_content_length = settings.max_job_body_bytes
-    g.body_limit_setting = "MAX_JOB_BODY_BYTES"
-    if request.mimetype not in ("application/json", NDJSON):
-        raise UnsupportedMediaType(f"Content-Type must be application/json or {NDJSON}, not {request.mimetype or 'missing'}")
-    raw = request.get_data(cache=True)  # werkzeug answers 413 for a Content-Length over the limit
-    if body_was_cut_at_the_limit(request, raw):
-        raise PayloadTooLarge.over(settings.max_job_body_bytes, "MAX_JOB_BODY_BYTES")
-    if not raw:
-        raise InvalidBody("request body is empty")
-    try:
-        return raw.decode("utf-8"), request.mimetype
-    except UnicodeDecodeError as error:
-        raise InvalidBody(f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+    g.body_limit_setting = "MAX_JOB_BODY_BYTES"  # for werkzeug's own 413 (web.errors)
+    return read_text_body(request, ("application/json", NDJSON), "MAX_JOB_BODY_BYTES"), request.mimetype
 
 
 def parse_json_job(body: str) -> tuple[list, object, object, list[int] | None]:
     """(texts, callback_url, metadata, None) of a JSON body: problems are named by index."""
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise InvalidBody("request body is nested too deeply") from None
-    except ValueError as error:
-        raise InvalidBody(f"request body is not valid JSON: {error}") from None
+    document = load_json(body)
     if not isinstance(document, dict):
         raise ValidationFailed("request is invalid", details={"_schema": ["Invalid input type."]})
     unknown = set(document) - {"text", "callback_url", "metadata"}
@@ -105,12 +78,7 @@ def parse_ndjson_job(body: str) -> tuple[list, object, object, list[int]]:
         if not line.strip():
             continue
         line_numbers.append(number)
-        try:
-            texts.append(json.loads(line))
-        except RecursionError:
-            raise InvalidBody(f"line {number} is nested too deeply", details={"line": number}) from None
-        except ValueError as error:
-            raise InvalidBody(f"line {number} is not valid JSON: {error}", details={"line": number}) from None
+        texts.append(load_json(line, f"line {number}", {"line": number}))
     return texts, None, None, line_numbers
 
 
@@ -128,10 +96,12 @@ def check_texts(texts: list, settings, line_numbers: list[int] | None) -> None:
             problem = "Not a valid string."
         elif len(text) > settings.max_text_chars:
             problem = f"Longer than maximum length {settings.max_text_chars}."
-        elif match := UNSAFE_CHARACTERS.search(text):
-            problem = f"Text contains a disallowed character U+{ord(match.group()):04X} at position {match.start()}."
         else:
-            continue
+            try:
+                reject_unsafe_characters(text)
+                continue
+            except MarshmallowValidationError as error:
+                problem = error.messages[0]
         problems[str(line_numbers[index] if line_numbers else index)] = [problem]
     if problems:
         raise ValidationFailed("request is invalid", details={"lines" if line_numbers else "text": problems})
@@ -171,10 +141,14 @@ def check_options(callback_url, metadata, settings) -> None:
             raise ValidationFailed("request is invalid", details={"callback_url": [str(error)]}) from None
 
 
+def not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r}: unknown, deleted, or expired after {services().settings.job_ttl_s}s")
+
+
 def found(job_id: str) -> dict:
     record = services().stores.bulk.get(job_id) if is_job_id(job_id) else None
     if record is None:
-        raise NotFound(f"no job {job_id!r}: unknown, deleted, or expired after {services().settings.job_ttl_s}s")
+        raise not_found(job_id)
     return record
 
 
@@ -231,7 +205,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
                     raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": claim.job_id})
                 state = svc.stores.bulk.status(claim.job_id)
                 if state != "deleted":  # None: the first request is still storing it
-                    return accepted(claim.job_id, state or "queued", len(texts))
+                    return job_accepted(claim.job_id, state or "queued", total=len(texts))
                 # Deleted since: there is no job to return, so this retry makes a new one.
                 svc.stores.idempotency.point_to("jobs", key, hashed, job_id)
         if not svc.stores.bulk.create(
@@ -254,7 +228,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
                 svc.stores.idempotency.release("jobs", key)
             raise
         metrics.BULK_TEXTS_QUEUED.inc(len(texts))
-        return accepted(job_id, "queued", len(texts))
+        return job_accepted(job_id, "queued", total=len(texts))
 
     @blp.route("/jobs/<job_id>/results", methods=["GET"])
     @blp.doc(**needs_key)
@@ -271,7 +245,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
         """A bulk job's results in input order, null where not scored yet."""
         store = services().stores.bulk
         record = found(job_id)
-        if request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON and NDJSON in request.accept_mimetypes:
+        if request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON:
             return stream_results(store, record, job_id)
         total = int(record["total"])
         page = store.results(record, job_id, offset, limit)
@@ -287,10 +261,9 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     def cancel(job_id):
         """Cancel a bulk job."""
         svc = services()
-        found(job_id)
-        outcome = svc.stores.bulk.cancel(job_id)
+        outcome = svc.stores.bulk.cancel(job_id) if is_job_id(job_id) else -1
         if outcome == -1:
-            found(job_id)  # deleted meanwhile: 404
+            raise not_found(job_id)
         if outcome == 0:
             raise Conflict(f"job {job_id} has already ended", details={"job_id": job_id})
         record = found(job_id)
@@ -306,9 +279,8 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     @blp.alt_response(503, description="Redis unavailable.", **error)
     def delete(job_id):
         """Delete a bulk job and its results."""
-        found(job_id)
-        if services().stores.bulk.delete(job_id) == -1:
-            found(job_id)
+        if not is_job_id(job_id) or services().stores.bulk.delete(job_id) == -1:
+            raise not_found(job_id)
         return "", 204
 
     return blp

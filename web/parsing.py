@@ -21,25 +21,36 @@ def body_was_cut_at_the_limit(req, raw: bytes) -> bool:
     return req.content_length is None and limit is not None and len(raw) >= limit and bool(req.environ["wsgi.input"].read(1))
 
 
+def read_text_body(req, media_types: tuple[str, ...], limit_setting: str = "MAX_BODY_BYTES") -> str:
+    """The body of one of ``media_types``, whole and decoded as UTF-8; 415, 413 or 400 otherwise."""
+    if req.mimetype not in media_types:
+        raise UnsupportedMediaType(f"Content-Type must be {' or '.join(media_types)}, not {req.mimetype or 'missing'}")
+    raw = req.get_data(cache=True)  # werkzeug answers 413 here for a Content-Length over max_content_length
+    if body_was_cut_at_the_limit(req, raw):
+        raise PayloadTooLarge.over(req.max_content_length, limit_setting)
+    if not raw:
+        raise InvalidBody("request body is empty")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidBody(f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+
+
+def load_json(text: str, what: str = "request body", details: dict | None = None):
+    """``text`` parsed as JSON; 400 invalid_body naming ``what`` when it is not JSON or nested too deeply."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidBody(f"{what} is nested too deeply", details=details) from None
+    except ValueError as error:
+        raise InvalidBody(f"{what} is not valid JSON: {error}", details=details) from None
+
+
 class StrictParser(FlaskParser):
     """Refuses non-JSON content types and undecodable bodies, and raises ValidationFailed on schema errors."""
 
     def _raw_load_json(self, req):
-        if req.mimetype != "application/json":
-            raise UnsupportedMediaType(f"Content-Type must be application/json, not {req.mimetype or 'missing'}")
-        raw = req.get_data(cache=True)  # werkzeug answers 413 here for a Content-Length over MAX_CONTENT_LENGTH
-        if body_was_cut_at_the_limit(req, raw):
-            raise PayloadTooLarge.over(req.max_content_length)
-        if not raw:
-            raise InvalidBody("request body is empty")
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise InvalidBody(f"request body is not valid UTF-8: {error.reason} at byte {error.start}") from None
-        except RecursionError:
-            raise InvalidBody("request body is nested too deeply") from None
-        except ValueError as error:
-            raise InvalidBody(f"request body is not valid JSON: {error}") from None
+        return load_json(read_text_body(req, ("application/json",)))
 
     def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         # webargs keys messages by location ({"json": {...}}); clients care about the fields.

@@ -23,6 +23,12 @@ def json_response(payload: dict, status: int = 200, headers: dict | None = None)
     return json.dumps(payload), status, {"Content-Type": "application/json", **(headers or {})}
 
 
+def job_accepted(job_id: str, status: str, **extra):
+    """202 for a job still to compute: its id, status and where to follow it (body and Location)."""
+    status_url = f"/jobs/{job_id}"
+    return json_response({"job_id": job_id, "status": status, "status_url": status_url, **extra}, 202, {"Location": status_url})
+
+
 def job_view(record: JobRecord) -> dict:
     """The public fields of a job record."""
     view = {"job_id": record.job_id, "status": record.status.value}
@@ -65,10 +71,7 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
             case Scored(predictions):
                 return json_response({"predictions": predictions})
             case Pending(job_id, status):
-                status_url = f"/jobs/{job_id}"
-                return json_response(
-                    {"job_id": job_id, "status": status.value, "status_url": status_url}, 202, {"Location": status_url}
-                )
+                return job_accepted(job_id, status.value)
             case Failed(job_id, reason):
                 raise JobFailed(job_id, reason)
             case IdempotencyClash(job_id):
