@@ -91,6 +91,11 @@ class Settings:
     bulk_chunk_texts: int = _setting(
         "BULK_CHUNK_TEXTS", 64, "Texts per chunk of a bulk job: the unit of work, progress and cancellation."
     )
+    bulk_pass_max_tokens: int = _setting(
+        "BULK_PASS_MAX_TOKENS",
+        512,
+        "Most tokens one forward pass over bulk texts computes: an interactive text waits behind at most one such pass.",
+    )
     bulk_consumers: int = _setting(
         "BULK_CONSUMERS", 2, "Chunks one worker process works on at once, beside its interactive messages; 0: none."
     )

@@ -32,7 +32,10 @@ class GatedModel:
 
 
 def start_batcher(model, **bounds) -> Batcher:
-    batcher = Batcher(model, **({"max_texts": 64, "max_tokens": 8192, "max_wait_ms": 0, "gather_max_texts": 256} | bounds))
+    batcher = Batcher(
+        model,
+        **({"max_texts": 64, "max_tokens": 8192, "max_wait_ms": 0, "gather_max_texts": 256, "bulk_max_tokens": 8192} | bounds),
+    )
     batcher.start()
     return batcher
 
@@ -141,6 +144,21 @@ def test_an_interactive_job_waits_behind_at_most_one_bulk_forward_pass():
     finally:
         for _ in range(4):
             model.steps.release()
+        batcher.stop()
+
+
+def test_bulk_forward_passes_are_bounded_by_the_bulk_token_limit_and_interactive_ones_are_not():
+    model = GatedModel()
+    model.release.set()
+    batcher = start_batcher(model, bulk_max_tokens=6)
+    try:
+        # Five bulk texts of two tokens: at most six tokens, so three texts, per pass.
+        batcher.submit_bulk("bulk", [f"bulk text{n}" for n in range(5)]).result(5)
+        assert [len(batch) for batch in model.batches] == [3, 2]
+        model.batches.clear()
+        batcher.submit("interactive", [f"interactive text{n}" for n in range(5)], time.time() + 30, time.time()).result(5)
+        assert [len(batch) for batch in model.batches] == [5]
+    finally:
         batcher.stop()
 
 

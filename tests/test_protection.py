@@ -69,7 +69,7 @@ class RecordingModel:
 
 def test_batcher_drops_expired_jobs_without_computing_them():
     model = RecordingModel()
-    batcher = Batcher(model, max_texts=8, max_tokens=1000, max_wait_ms=50, gather_max_texts=64)
+    batcher = Batcher(model, max_texts=8, max_tokens=1000, max_wait_ms=50, gather_max_texts=64, bulk_max_tokens=1000)
     batcher.start()
     try:
         expired = batcher.submit("old", ["stale text"], deadline=time.time() - 1, enqueued_at=time.time() - 2)

@@ -11,7 +11,9 @@ form the next batch, so an idle model never waits and a busy one always has its 
 Interactive first: bulk jobs' chunks (``submit_bulk``) wait in a lane of their own. The loop takes
 a bulk chunk only when no interactive job is waiting, and runs interactive jobs that arrive
 meanwhile before each of the chunk's forward passes, so an interactive text waits behind at most
-one bulk forward pass.
+one bulk forward pass. Bulk passes are kept small (BULK_PASS_MAX_TOKENS, about 0.1 s on 2 cores):
+that wait is what a bulk job adds to an interactive request, while a pass of 16 texts still runs
+at about 0.95x the texts/s of one of 64 on CPU (docs/architecture.md, "Bulk jobs").
 
 A text is computed once even when concurrent requests send it in jobs that land in different
 batches: the batcher keeps the predictions of its most recent texts (RECENT_RESULTS), so a job
@@ -80,6 +82,7 @@ class Batcher:
         max_tokens: int,
         max_wait_ms: float,
         gather_max_texts: int,
+        bulk_max_tokens: int,
         on_jobs_started: Callable[[list[PendingJob], float], None] = lambda jobs, now: None,
         on_batch: Callable[[BatchRecord], None] = lambda record: None,
     ):
@@ -88,6 +91,7 @@ class Batcher:
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_ms / 1000
         self.gather_max_texts = gather_max_texts
+        self.bulk_max_tokens = bulk_max_tokens
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
         # (lane, arrival, job): interactive (0) before bulk (1), each lane in arrival order.
@@ -182,7 +186,7 @@ class Batcher:
     def _process_bulk(self, chunk: PendingJob) -> None:
         """One bulk chunk, pass by pass, serving waiting interactive jobs before each pass."""
         try:
-            results = self._infer([chunk], before_each_pass=self._serve_interactive_jobs)
+            results = self._infer([chunk], self._serve_interactive_jobs, min(self.bulk_max_tokens, self.max_tokens))
         except Exception as error:
             log.exception("bulk chunk of job %s failed", chunk.job_id)
             chunk.future.set_exception(error)
@@ -194,7 +198,9 @@ class Batcher:
         while self._interactive_waiting():
             self._process(self._gather())
 
-    def _infer(self, jobs: list[PendingJob], before_each_pass: Callable[[], None] | None = None) -> dict[str, list]:
+    def _infer(
+        self, jobs: list[PendingJob], before_each_pass: Callable[[], None] | None = None, max_tokens: int | None = None
+    ) -> dict[str, list]:
         """Score the jobs' distinct texts not scored recently, in length-sorted batches bounded by text and token counts."""
         distinct = list(dict.fromkeys(text for job in jobs for text in job.texts))
         known = self._recent.lookup(self.model.identity, distinct)
@@ -204,7 +210,7 @@ class Batcher:
             return results
         token_ids = self.model.encode(texts)
         lengths = [len(ids) for ids in token_ids]
-        for group in length_sorted_batches(lengths, self.max_texts, self.max_tokens, self.model.pads):
+        for group in length_sorted_batches(lengths, self.max_texts, max_tokens or self.max_tokens, self.model.pads):
             if before_each_pass:
                 before_each_pass()
             started = time.perf_counter()

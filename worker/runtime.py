@@ -80,6 +80,7 @@ class WorkerRuntime:
             settings.batch_max_tokens,
             settings.batch_max_wait_ms,
             settings.gather_max_texts,
+            settings.bulk_pass_max_tokens,
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
         )
