@@ -9,12 +9,12 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server nginx promtool constraints evaluate model-bench bench export-onnx smoke soak chaos clean
+.PHONY: run test lint install install-dev redis-server nginx promtool chromium constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
 run: install redis-server nginx
 	$(VENV)/bin/python -m stack
 
-test: install-dev redis-server nginx promtool lint
+test: install-dev redis-server nginx promtool chromium lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev nginx
@@ -36,7 +36,8 @@ install: $(VENV)/.run-installed
 install-dev: $(VENV)/.dev-installed
 
 # Debian packages, installed only when their command is missing: redis-server and nginx (the front
-# door) for the stack and the tests, promtool (package prometheus) for the Prometheus config check.
+# door) for the stack and the tests, promtool (package prometheus) for the Prometheus config check,
+# chromium and chromium-driver for the Swagger UI test (tests/test_docs_ui.py).
 # Debian's nginx package also enables its own default site on port 80; the stack does not use it.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
@@ -50,8 +51,13 @@ nginx:
 promtool:
 	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus; }
 
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { $(APT_INSTALL) chromium chromium-driver; }
+
 constraints:
-	$(VENV)/bin/pip freeze | sed 's/+cpu$$//' | grep -v '^-e' > requirements/constraints.txt
+	{ printf '%s\n' '# Every package, transitive ones included, as resolved and checked with `pip check`.' \
+	    '# Regenerate after changing requirements/*.txt: make constraints'; \
+	  $(VENV)/bin/pip freeze | sed 's/+cpu$$//' | grep -v '^-e'; } > requirements/constraints.txt
 
 evaluate: install-dev
 	$(VENV)/bin/python -m model_tools.evaluate --data $(SST2_DIR)
