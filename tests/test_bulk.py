@@ -303,3 +303,21 @@ def test_a_worker_killed_mid_job_loses_no_text_and_scores_none_twice(service_env
 @pytest.mark.parametrize("limit", [0, 10_001])
 def test_results_page_size_is_bounded(web_url, limit):
     assert call(f"{web_url}/jobs/00000000-0000-4000-8000-000000000000/results?limit={limit}")[0] == 422
+
+
+def test_k6_bulk_mix_scenario_finishes_bulk_jobs_beside_interactive_traffic(web_url, tmp_path):
+    """loadtest/bulk_mix.js: its checks hold, its bulk jobs finish, and interactive requests are counted apart."""
+    from bench.run import run_k6
+
+    summary = run_k6(
+        "bulk_mix.js",
+        web_url,
+        {"DURATION": "10s", "VUS": "2", "BULK_TEXTS": "300", "INTERACTIVE_P99_MS": "10000"},
+        tmp_path / "summary.json",
+        [],
+    )
+    metrics = summary["metrics"]
+    assert metrics["checks"]["fails"] == 0 and metrics["checks"]["passes"] > 0
+    assert metrics["bulk_jobs_done"]["count"] >= 1
+    assert metrics["bulk_texts_scored"]["count"] >= 300
+    assert metrics["http_req_duration{scenario:interactive}"]["p(99)"] > 0

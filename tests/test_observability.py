@@ -153,7 +153,18 @@ def test_dashboard_panels_cover_the_service_and_use_the_provisioned_datasource(p
         assert panel["datasource"]["uid"] in uids
         assert all(target["datasource"]["uid"] in uids for target in panel["targets"])
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("throughput", "latency", "cache hit", "queue", "batch size", "inference", "workers up", "errors"):
+    for topic in (
+        "throughput",
+        "latency",
+        "cache hit",
+        "queue",
+        "batch size",
+        "inference",
+        "workers up",
+        "errors",
+        "bulk jobs",
+        "webhooks",
+    ):
         assert topic in titles, f"no panel about {topic}"
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 

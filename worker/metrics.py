@@ -46,6 +46,11 @@ WEBHOOKS = Counter(
     "Webhook delivery attempts, by outcome (delivered, retry, gave_up, refused).",
     ["outcome"],
 )
+# Every outcome exported from the start, at 0, so rate() and dashboards see a series before the first event.
+for outcome in ("done", "failed", "skipped"):
+    BULK_TEXTS.labels(outcome)
+for outcome in ("delivered", "retry", "gave_up", "refused"):
+    WEBHOOKS.labels(outcome)
 MODEL_LOAD_SECONDS = Gauge("sentiment_worker_model_load_seconds", "Seconds the model took to load.")
 
 
