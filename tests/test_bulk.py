@@ -118,6 +118,20 @@ def test_ndjson_submission_and_ndjson_results(web_url, unique):
     ]
 
 
+def test_an_ndjson_first_line_object_carries_the_jobs_options(web_url, unique):
+    texts = texts_of(unique, 3)
+    options = {"metadata": {"source": "reviews.ndjson"}}
+    body = "".join(json.dumps(line) + "\n" for line in [options, *texts]).encode()
+    status, answer = call(f"{web_url}/jobs", "POST", body, "application/x-ndjson")
+    assert status == 202 and answer["total"] == 3, answer
+    assert follow(web_url, answer["job_id"])[-1]["metadata"] == {"source": "reviews.ndjson"}
+    # Only the first line may hold options; an unknown option is refused like a JSON body's.
+    status, answer = call(f"{web_url}/jobs", "POST", b'"a text"\n{"metadata": {}}\n', "application/x-ndjson")
+    assert status == 422 and set(answer["details"]["lines"]) == {"2"}, answer
+    status, answer = call(f"{web_url}/jobs", "POST", b'{"callback": "x"}\n"a text"\n', "application/x-ndjson")
+    assert status == 422 and answer["details"] == {"callback": ["Unknown field."]}, answer
+
+
 def test_a_bad_ndjson_line_is_named_by_its_line_number(web_url):
     status, answer = call(f"{web_url}/jobs", "POST", b'"fine"\n\n"also fine"\n{oops\n', "application/x-ndjson")
     assert status == 400 and answer["error"] == "invalid_body" and answer["details"] == {"line": 4}

@@ -53,17 +53,24 @@ def read_body(settings) -> tuple[str, str]:
     return read_text_body(request, ("application/json", NDJSON), "MAX_JOB_BODY_BYTES"), request.mimetype
 
 
+JOB_OPTIONS = ("callback_url", "metadata")
+
+
+def refuse_unknown_or_null_fields(document: dict, allowed: set[str]) -> None:
+    unknown = set(document) - allowed
+    if unknown:
+        raise ValidationFailed("request is invalid", details={name: ["Unknown field."] for name in sorted(unknown)})
+    for name in JOB_OPTIONS:
+        if name in document and document[name] is None:
+            raise ValidationFailed("request is invalid", details={name: ["Field may not be null."]})
+
+
 def parse_json_job(body: str) -> tuple[list, object, object, list[int] | None]:
     """(texts, callback_url, metadata, None) of a JSON body: problems are named by index."""
     document = load_json(body)
     if not isinstance(document, dict):
         raise ValidationFailed("request is invalid", details={"_schema": ["Invalid input type."]})
-    unknown = set(document) - {"text", "callback_url", "metadata"}
-    if unknown:
-        raise ValidationFailed("request is invalid", details={name: ["Unknown field."] for name in sorted(unknown)})
-    for name in ("callback_url", "metadata"):
-        if name in document and document[name] is None:
-            raise ValidationFailed("request is invalid", details={name: ["Field may not be null."]})
+    refuse_unknown_or_null_fields(document, {"text", *JOB_OPTIONS})
     if "text" not in document:
         raise ValidationFailed("request is invalid", details={"text": ["Missing data for required field."]})
     if not isinstance(document["text"], list):
@@ -72,14 +79,24 @@ def parse_json_job(body: str) -> tuple[list, object, object, list[int] | None]:
 
 
 def parse_ndjson_job(body: str) -> tuple[list, object, object, list[int]]:
-    """(texts, callback_url, metadata, each text's line number) of an NDJSON body: one JSON string per line."""
+    """(texts, callback_url, metadata, each text's line number) of an NDJSON body: one JSON string per line.
+
+    A first line that holds an object instead of a string carries the job's options
+    (``{"callback_url": ..., "metadata": ...}``), as a JSON body's fields would; it is not a text.
+    """
     texts, line_numbers = [], []
+    options: dict = {}
     for number, line in enumerate(body.split("\n"), start=1):
         if not line.strip():
             continue
+        value = load_json(line, f"line {number}", {"line": number})
+        if not line_numbers and not texts and not options and isinstance(value, dict):
+            refuse_unknown_or_null_fields(value, set(JOB_OPTIONS))
+            options = value
+            continue
         line_numbers.append(number)
-        texts.append(load_json(line, f"line {number}", {"line": number}))
-    return texts, None, None, line_numbers
+        texts.append(value)
+    return texts, options.get("callback_url"), options.get("metadata"), line_numbers
 
 
 def check_texts(texts: list, settings, line_numbers: list[int] | None) -> None:
@@ -168,7 +185,10 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
                 NDJSON: {
                     "schema": {
                         "type": "string",
-                        "description": "One JSON string (a text) per line; no callback_url or metadata.",
+                        "description": (
+                            "One JSON string (a text) per line. The first line may instead be an object "
+                            'with the job\'s options: {"callback_url": ..., "metadata": ...}.'
+                        ),
                     }
                 },
             },
