@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.settings import Settings
 from common.store.bulk import job_keys
+from common.store.keys import BATCHES_KEY
 from tests.support import free_port, start_web, start_worker, wait_until
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"a test webhook key").decode()
@@ -84,7 +85,15 @@ def worker_metric(service_env, name: str, **labels) -> float:
     )
 
 
-def test_a_20000_text_job_completes_with_monotone_progress_and_every_result_in_order(web_url, unique):
+def web_metric(web_url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{web_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name
+    )
+
+
+def test_a_20000_text_job_completes_with_monotone_progress_and_every_result_in_order(web_url, unique, service_env, redis_client):
     texts = texts_of(unique, 20_000)
     job_id = submit(web_url, texts, metadata={"batch": "nightly"})
     views = follow(web_url, job_id)
@@ -100,6 +109,10 @@ def test_a_20000_text_job_completes_with_monotone_progress_and_every_result_in_o
     sample = [0, 1, 9_999, 10_000, 19_998, 19_999]
     status, answer = call(f"{web_url}/predict", "POST", {"text": [texts[index] for index in sample]})
     assert status == 200 and answer["predictions"] == [results[index] for index in sample]
+    # The worker's last forward passes were this job's, each within the bulk pass bound.
+    last_passes = [json.loads(record) for record in redis_client.lrange(BATCHES_KEY, -50, -1)]
+    bound = Settings.from_env(environ=service_env).bulk_pass_max_tokens
+    assert last_passes and all(record["computed_tokens"] <= bound for record in last_passes), last_passes[-3:]
 
 
 def test_ndjson_submission_and_ndjson_results(web_url, unique):
@@ -128,8 +141,15 @@ def test_an_ndjson_first_line_object_carries_the_jobs_options(web_url, unique):
     # Only the first line may hold options; an unknown option is refused like a JSON body's.
     status, answer = call(f"{web_url}/jobs", "POST", b'"a text"\n{"metadata": {}}\n', "application/x-ndjson")
     assert status == 422 and set(answer["details"]["lines"]) == {"2"}, answer
+    status, answer = call(f"{web_url}/jobs", "POST", b'{}\n{"metadata": {}}\n"a text"\n', "application/x-ndjson")
+    assert status == 422 and set(answer["details"]["lines"]) == {"2"}, answer
     status, answer = call(f"{web_url}/jobs", "POST", b'{"callback": "x"}\n"a text"\n', "application/x-ndjson")
     assert status == 422 and answer["details"] == {"callback": ["Unknown field."]}, answer
+    # The callback URL is read from that line too: one that is not http(s) is refused.
+    status, answer = call(
+        f"{web_url}/jobs", "POST", b'{"callback_url": "ftp://example.com/"}\n"a text"\n', "application/x-ndjson"
+    )
+    assert status == 422 and "callback_url" in answer["details"], answer
 
 
 def test_a_bad_ndjson_line_is_named_by_its_line_number(web_url):
@@ -155,9 +175,9 @@ def test_cancel_stops_computation_and_a_second_cancel_is_409(web_url, unique, se
     texts = texts_of(unique, 6_000)
     job_id = submit(web_url, texts)
     follow(web_url, job_id, until=lambda view: view["progress"]["done"] >= 2 * settings.bulk_chunk_texts)
-    computed_at_cancel = worker_metric(service_env, "sentiment_worker_batch_texts_sum")
     status, view = call(f"{web_url}/jobs/{job_id}/cancel", "POST")
     assert status == 202 and view["status"] == "cancelled", view
+    computed_at_cancel = worker_metric(service_env, "sentiment_worker_batch_texts_sum")
     done_at_cancel = view["progress"]["done"]
     chunks = -(-6_000 // settings.bulk_chunk_texts)
     # Every chunk settles: in flight (scored), or skipped without computing anything.

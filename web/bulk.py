@@ -57,6 +57,7 @@ JOB_OPTIONS = ("callback_url", "metadata")
 
 
 def refuse_unknown_or_null_fields(document: dict, allowed: set[str]) -> None:
+    """422 for a field the job body does not know, or an option sent as null (omit it instead)."""
     unknown = set(document) - allowed
     if unknown:
         raise ValidationFailed("request is invalid", details={name: ["Unknown field."] for name in sorted(unknown)})
@@ -86,16 +87,18 @@ def parse_ndjson_job(body: str) -> tuple[list, object, object, list[int]]:
     """
     texts, line_numbers = [], []
     options: dict = {}
+    first_line = True
     for number, line in enumerate(body.split("\n"), start=1):
         if not line.strip():
             continue
         value = load_json(line, f"line {number}", {"line": number})
-        if not line_numbers and not texts and not options and isinstance(value, dict):
+        if first_line and isinstance(value, dict):
             refuse_unknown_or_null_fields(value, set(JOB_OPTIONS))
             options = value
-            continue
-        line_numbers.append(number)
-        texts.append(value)
+        else:
+            line_numbers.append(number)
+            texts.append(value)
+        first_line = False
     return texts, options.get("callback_url"), options.get("metadata"), line_numbers
 
 

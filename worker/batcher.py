@@ -13,7 +13,7 @@ a bulk chunk only when no interactive job is waiting, and runs interactive jobs 
 meanwhile before each of the chunk's forward passes, so an interactive text waits behind at most
 one bulk forward pass. Bulk passes are kept small (BULK_PASS_MAX_TOKENS, about 0.1 s on 2 cores):
 that wait is what a bulk job adds to an interactive request, while a pass of 16 texts still runs
-at about 0.95x the texts/s of one of 64 on CPU (docs/architecture.md, "Bulk jobs").
+at 0.92-0.95x the texts/s of one of 64 on CPU (docs/architecture.md, "Bulk jobs").
 
 A text is computed once even when concurrent requests send it in jobs that land in different
 batches: the batcher keeps the predictions of its most recent texts (RECENT_RESULTS), so a job
@@ -210,7 +210,9 @@ class Batcher:
             return results
         token_ids = self.model.encode(texts)
         lengths = [len(ids) for ids in token_ids]
-        for group in length_sorted_batches(lengths, self.max_texts, max_tokens or self.max_tokens, self.model.pads):
+        for group in length_sorted_batches(
+            lengths, self.max_texts, self.max_tokens if max_tokens is None else max_tokens, self.model.pads
+        ):
             if before_each_pass:
                 before_each_pass()
             started = time.perf_counter()
