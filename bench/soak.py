@@ -2,9 +2,12 @@
 
     python -m bench.soak --minutes 5          (python -m bench.soak --minutes 30 for the long run)
     python -m bench.soak --minutes 6 --worker-env MALLOC_ARENA_MAX=2   (try a setting on the worker)
+    python -m bench.soak --minutes 10 --web-env MALLOC_ARENA_MAX=1     (or on gunicorn)
 
 Reports requests, errors, async jobs done and lost, and the RSS of the web (all gunicorn
-processes) and the worker at the start, every minute and at the end. Not part of CI.
+processes) and the worker at the start, every minute and at the end, and where each one's
+resident memory lies by the end (``rss_*_by_kind``): glibc's per-thread malloc arenas, the main
+heap, other anonymous memory (Python's own arenas, large allocations) and mapped files. Not part of CI.
 """
 
 import argparse
@@ -36,6 +39,39 @@ def rss_mib(root_pid: int) -> float:
         except FileNotFoundError:
             pass
     return total_kib / 1024
+
+
+# glibc reserves each extra malloc arena (one per thread, up to 8 per core) as a region of
+# HEAP_MAX_SIZE, 64 MiB on 64-bit, aligned to its size; nothing else maps at that alignment here.
+MALLOC_ARENA_ALIGNMENT = 64 * 1024 * 1024
+
+
+def rss_mib_by_kind(root_pid: int) -> dict[str, float]:
+    """Resident memory of a process and its children, by what the memory is (from /proc/PID/smaps)."""
+    kinds = {"malloc_thread_arenas": 0, "main_heap": 0, "other_anonymous": 0, "files": 0}
+    children = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout.split()
+    for pid in [root_pid, *map(int, children)]:
+        try:
+            lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        kind = "files"
+        for line in lines:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                start = int(fields[0].split("-")[0], 16)
+                path = fields[5] if len(fields) > 5 else ""
+                if path == "[heap]":
+                    kind = "main_heap"
+                elif path.startswith("/"):
+                    kind = "files"
+                elif start % MALLOC_ARENA_ALIGNMENT == 0 and not path:
+                    kind = "malloc_thread_arenas"
+                else:
+                    kind = "other_anonymous"
+            elif fields[0] == "Rss:":
+                kinds[kind] += int(fields[1])
+    return {kind: round(kib / 1024, 1) for kind, kib in kinds.items()}
 
 
 class RssSampler:
@@ -80,6 +116,12 @@ def main() -> None:
     parser.add_argument(
         "--worker-env", action="append", default=[], metavar="NAME=VALUE", help="an extra environment variable for the worker"
     )
+    parser.add_argument(
+        "--web-env", action="append", default=[], metavar="NAME=VALUE", help="an extra environment variable for gunicorn"
+    )
+    parser.add_argument(
+        "--web-config", default="web/gunicorn_conf.py", help="gunicorn config (bench/web_tracemalloc_conf.py traces)"
+    )
     args = parser.parse_args()
 
     server = RedisServer()
@@ -88,7 +130,7 @@ def main() -> None:
     env = {"REDIS_URL": server.url, "WORKER_METRICS_PORT": "0", "TORCH_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     port = free_port()
     worker = start_worker({**env, **dict(item.split("=", 1) for item in args.worker_env)}, client)
-    web = start_web(env, port)
+    web = start_web({**env, **dict(item.split("=", 1) for item in args.web_env)}, port, config=args.web_config)
     try:
         # Warm up so the start figures include the loaded model and imported code, not just boot.
         subprocess.run(
@@ -105,6 +147,7 @@ def main() -> None:
             capture_output=True,
         )
         start = {"web_mib": rss_mib(web.pid), "worker_mib": rss_mib(worker.pid)}
+        start_by_kind = {"web": rss_mib_by_kind(web.pid), "worker": rss_mib_by_kind(worker.pid)}
         summary_path = Path(tempfile.mkstemp(suffix=".json")[1])
         k6_env = ["-e", f"BASE_URL=http://127.0.0.1:{port}", "-e", f"DURATION={int(args.minutes * 60)}s"]
         if args.sentences:
@@ -132,7 +175,10 @@ def main() -> None:
             "rss_web_mib_by_minute": rss.samples["web"],
             "rss_worker_growth": growth_over_last(rss.samples["worker"], 20),
             "rss_web_growth": growth_over_last(rss.samples["web"], 20),
+            "rss_web_mib_by_kind": {"start": start_by_kind["web"], "end": rss_mib_by_kind(web.pid)},
+            "rss_worker_mib_by_kind": {"start": start_by_kind["worker"], "end": rss_mib_by_kind(worker.pid)},
             "worker_env": args.worker_env,
+            "web_env": args.web_env,
             "web_alive": web.alive(),
             "worker_alive": worker.alive(),
         }

@@ -86,10 +86,12 @@ function follow(response, texts) {
   jobsLost.add(1);
 }
 
-function fresh(scenarioOffset, count) {
+// Texts no request sent before: each iteration owns `slots` numbers (the most texts it may send),
+// and each scenario ends its texts with its own marker, so no two requests share a text.
+function fresh(marker, count, slots) {
   const texts = [];
   for (let i = 0; i < count; i++) {
-    texts.push(uniqueText(sentences, exec.scenario.iterationInTest * count + i, RUN_OFFSET + scenarioOffset));
+    texts.push(`${uniqueText(sentences, exec.scenario.iterationInTest * slots + i, RUN_OFFSET)}${marker}`);
   }
   return texts;
 }
@@ -99,7 +101,7 @@ export function cached() {
 }
 
 export function uncached() {
-  const texts = fresh(0, 1 + Math.floor(Math.random() * 4));
+  const texts = fresh('', 1 + Math.floor(Math.random() * 4), 4);
   const response = post(texts, '');
   classify(response);
   if (response.status === 202) follow(response, texts);
@@ -107,7 +109,7 @@ export function uncached() {
 }
 
 export function asyncJobs() {
-  const texts = fresh(500000, 4);
+  const texts = fresh(' later', 4, 4);
   const response = post(texts, '?wait=0');
   classify(response);
   if (response.status === 202) follow(response, texts);
