@@ -25,13 +25,15 @@ from common.store import Stores
 from stack import REPO, RedisServer, free_port, start_web, start_worker
 
 
+def process_and_children(root_pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout.split()
+    return [root_pid, *map(int, children)]
+
+
 def rss_mib(root_pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
-    pids = [root_pid]
-    children = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout.split()
-    pids += [int(pid) for pid in children]
     total_kib = 0
-    for pid in pids:
+    for pid in process_and_children(root_pid):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -49,8 +51,7 @@ MALLOC_ARENA_ALIGNMENT = 64 * 1024 * 1024
 def rss_mib_by_kind(root_pid: int) -> dict[str, float]:
     """Resident memory of a process and its children, by what the memory is (from /proc/PID/smaps)."""
     kinds = {"malloc_thread_arenas": 0, "main_heap": 0, "other_anonymous": 0, "files": 0}
-    children = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout.split()
-    for pid in [root_pid, *map(int, children)]:
+    for pid in process_and_children(root_pid):
         try:
             lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
         except FileNotFoundError:

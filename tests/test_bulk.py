@@ -74,8 +74,9 @@ def all_results(web_url: str, job_id: str, page: int = 10_000) -> list:
     return results
 
 
-def worker_metric(service_env, name: str, **labels) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics", timeout=5) as response:
+def metric_sum(metrics_url: str, name: str, **labels) -> float:
+    """Sum of the samples called ``name`` (with these labels) on a /metrics page."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     return sum(
         sample.value
@@ -85,12 +86,12 @@ def worker_metric(service_env, name: str, **labels) -> float:
     )
 
 
+def worker_metric(service_env, name: str, **labels) -> float:
+    return metric_sum(f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics", name, **labels)
+
+
 def web_metric(web_url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{web_url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name
-    )
+    return metric_sum(f"{web_url}/metrics", name)
 
 
 def test_a_20000_text_job_completes_with_monotone_progress_and_every_result_in_order(web_url, unique, service_env, redis_client):
