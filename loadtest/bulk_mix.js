@@ -8,13 +8,11 @@ import { check, sleep } from 'k6';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
-import { BASE_URL, loadSentences, predict, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '60s';
 const BULK_TEXTS = parseInt(__ENV.BULK_TEXTS || '5000', 10);
-// Each run passes a different RUN_OFFSET so no run meets another's cached texts.
-const RUN_OFFSET = parseInt(__ENV.RUN_OFFSET || `${Date.now() % 100000}`, 10) * 1000;
 const ENDED = ['done', 'failed', 'cancelled'];
 
 const bulkJobSeconds = new Trend('bulk_job_seconds');
@@ -33,8 +31,14 @@ export const options = {
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(50)', 'p(95)', 'p(99)'],
 };
 
-export function interactive() {
-  predict([uniqueText(sentences, exec.scenario.iterationInTest, RUN_OFFSET)]);
+// Each run passes a different RUN_OFFSET so no run meets another's cached texts; setup() gives
+// every VU the same one (see chooseRunOffset in lib.js).
+export function setup() {
+  return { runOffset: chooseRunOffset() };
+}
+
+export function interactive(data) {
+  predict([uniqueText(sentences, exec.scenario.iterationInTest, data.runOffset)]);
 }
 
 function seconds(duration) {
@@ -50,8 +54,8 @@ function jsonHeaders(name) {
 }
 
 // Bulk texts end with a word no interactive text has, so neither side meets the other's in the cache.
-function bulkText(n) {
-  return `${uniqueText(sentences, n, RUN_OFFSET)} bulk`;
+function bulkText(runOffset, n) {
+  return `${uniqueText(sentences, n, runOffset)} bulk`;
 }
 
 function allResultsScored(statusUrl) {
@@ -68,7 +72,7 @@ function allResultsScored(statusUrl) {
   return seen === BULK_TEXTS;
 }
 
-export function bulk() {
+export function bulk(data) {
   // Leave a second for the cancel before the scenario's end; submit nothing after that.
   const endsAt = exec.scenario.startTime + (seconds(DURATION) - 1) * 1000;
   if (Date.now() >= endsAt) {
@@ -77,7 +81,7 @@ export function bulk() {
   }
   const texts = [];
   for (let i = 0; i < BULK_TEXTS; i++) {
-    texts.push(bulkText(exec.scenario.iterationInTest * BULK_TEXTS + i));
+    texts.push(bulkText(data.runOffset, exec.scenario.iterationInTest * BULK_TEXTS + i));
   }
   const submitted = Date.now();
   const accepted = http.post(`${BASE_URL}/jobs`, JSON.stringify({ text: texts }), jsonHeaders('jobs'));

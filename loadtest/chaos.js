@@ -9,12 +9,11 @@ import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
-import { BASE_URL, loadSentences, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, chooseRunOffset, uniqueText } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '60s';
 const HANG_MS = (Number(__ENV.SYNC_WAIT_S || 20) + 5) * 1000;
-const RUN_OFFSET = (Date.now() % 100000) * 1000;
 
 const answersOk = new Counter('answers_ok');
 const answersUnavailable = new Counter('answers_503_json');
@@ -86,12 +85,18 @@ function follow(response, texts) {
   jobsLost.add(1);
 }
 
+// One run offset for every VU (see chooseRunOffset in lib.js).
+export function setup() {
+  return { runOffset: chooseRunOffset() };
+}
+
 // Texts no request sent before: each iteration owns `slots` numbers (the most texts it may send),
-// and each scenario ends its texts with its own marker, so no two requests share a text.
-function fresh(marker, count, slots) {
+// each scenario ends its texts with its own marker, and every VU counts from the same run offset,
+// so no two requests share a text.
+function fresh(runOffset, marker, count, slots) {
   const texts = [];
   for (let i = 0; i < count; i++) {
-    texts.push(`${uniqueText(sentences, exec.scenario.iterationInTest * slots + i, RUN_OFFSET)}${marker}`);
+    texts.push(`${uniqueText(sentences, exec.scenario.iterationInTest * slots + i, runOffset)}${marker}`);
   }
   return texts;
 }
@@ -100,16 +105,16 @@ export function cached() {
   classify(post([sentences[Math.floor(Math.random() * Math.min(20, sentences.length))]], ''));
 }
 
-export function uncached() {
-  const texts = fresh('', 1 + Math.floor(Math.random() * 4), 4);
+export function uncached(data) {
+  const texts = fresh(data.runOffset, '', 1 + Math.floor(Math.random() * 4), 4);
   const response = post(texts, '');
   classify(response);
   if (response.status === 202) follow(response, texts);
   if (response.status !== 200 && response.status !== 202) sleep(0.2);
 }
 
-export function asyncJobs() {
-  const texts = fresh(' later', 4, 4);
+export function asyncJobs(data) {
+  const texts = fresh(data.runOffset, ' later', 4, 4);
   const response = post(texts, '?wait=0');
   classify(response);
   if (response.status === 202) follow(response, texts);

@@ -61,9 +61,16 @@ const TAG_WORDS = ('table river green house window paper music stone light water
   'feather glass harbor honey lamp moon ocean piano queen ribbon salt sheep snow storm tower ' +
   'train violin whale wolf anchor arrow bottle cabin canvas coffee compass crystal').split(' ');
 
-export function uniqueText(sentences, n, runOffset) {
+// Picks where this run's unique texts start (uniqueText's offset): RUN_OFFSET, else the clock. Call
+// it in setup(), once per run, and hand the value to the VUs: init code runs once per VU, each at
+// its own millisecond, and per-VU offsets made one VU's "new" texts repeat another's minutes into a run.
+export function chooseRunOffset() {
+  return parseInt(__ENV.RUN_OFFSET || `${Date.now() % 100000}`, 10) * 1000;
+}
+
+export function uniqueText(sentences, n, offset) {
   const W = TAG_WORDS.length;
-  const t = runOffset + Math.floor(n / sentences.length);
+  const t = offset + Math.floor(n / sentences.length);
   const tag = `${TAG_WORDS[t % W]} ${TAG_WORDS[Math.floor(t / W) % W]} ${TAG_WORDS[Math.floor(t / (W * W)) % W]}`;
   return `${sentences[n % sentences.length]} ${tag}`;
 }

@@ -5,11 +5,10 @@ import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
-import { BASE_URL, loadSentences, predict, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '2m';
-const RUN_OFFSET = (Date.now() % 100000) * 1000;
 const jobsLost = new Counter('jobs_lost');
 const jobsDone = new Counter('jobs_done');
 
@@ -23,15 +22,21 @@ export const options = {
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(50)', 'p(95)', 'p(99)'],
 };
 
+// One run offset for every VU (see chooseRunOffset in lib.js).
+export function setup() {
+  return { runOffset: chooseRunOffset() };
+}
+
 // Texts no request sent before. Each iteration owns `slots` numbers (the most texts it may send),
-// and each scenario ends its texts with its own marker (uniqueText's tags of two scenarios meet
-// once one has sent enough). Without both, "uncached" requests met earlier texts in the cache and
-// filled the web's hot caches (docs/reliability.md, "Soak and memory").
-function fresh(marker, count, slots) {
+// each scenario ends its texts with its own marker (uniqueText's tags of two scenarios meet once
+// one has sent enough), and every VU counts from the same run offset. Without all three, "uncached"
+// requests met earlier texts in the cache and filled the web's hot caches (docs/reliability.md,
+// "Soak and memory").
+function fresh(runOffset, marker, count, slots) {
   const texts = [];
   for (let i = 0; i < count; i++) {
     const n = exec.scenario.iterationInTest * slots + i;
-    texts.push(`${uniqueText(sentences, n, RUN_OFFSET)}${marker}`);
+    texts.push(`${uniqueText(sentences, n, runOffset)}${marker}`);
   }
   return texts;
 }
@@ -40,12 +45,12 @@ export function cached() {
   predict([sentences[Math.floor(Math.random() * Math.min(20, sentences.length))]]);
 }
 
-export function uncached() {
-  predict(fresh('', 1 + Math.floor(Math.random() * 8), 8));
+export function uncached(data) {
+  predict(fresh(data.runOffset, '', 1 + Math.floor(Math.random() * 8), 8));
 }
 
-export function asyncPoll() {
-  const texts = fresh(' later', 4, 4);
+export function asyncPoll(data) {
+  const texts = fresh(data.runOffset, ' later', 4, 4);
   const response = http.post(`${BASE_URL}/predict?wait=0`, JSON.stringify({ text: texts }), {
     headers: { 'Content-Type': 'application/json' },
     tags: { name: 'predict_async' },

@@ -1,13 +1,11 @@
 // Every text is new: each one carries a unique tag, so the cache never answers.
 //   k6 run -e VUS=16 -e TEXTS_PER_REQUEST=1 -e DURATION=30s loadtest/uncached.js
-import { loadSentences, predict, uniqueText } from './lib.js';
+import { loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const TEXTS = parseInt(__ENV.TEXTS_PER_REQUEST || '1', 10);
-// Each run passes a different RUN_OFFSET so no run meets another's cached texts.
-const RUN_OFFSET = parseInt(__ENV.RUN_OFFSET || `${Date.now() % 100000}`, 10) * 1000;
 
 export const options = {
   scenarios: {
@@ -17,11 +15,17 @@ export const options = {
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(50)', 'p(95)', 'p(99)'],
 };
 
-export default function () {
+// Each run passes a different RUN_OFFSET so no run meets another's cached texts; setup() gives
+// every VU the same one (see chooseRunOffset in lib.js).
+export function setup() {
+  return { runOffset: chooseRunOffset() };
+}
+
+export default function (data) {
   const texts = [];
   for (let i = 0; i < TEXTS; i++) {
     const n = exec.scenario.iterationInTest * TEXTS + i;
-    texts.push(uniqueText(sentences, n, RUN_OFFSET));
+    texts.push(uniqueText(sentences, n, data.runOffset));
   }
   predict(texts);
 }
