@@ -9,12 +9,12 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server nginx promtool chromium constraints evaluate model-bench bench export-onnx smoke soak chaos clean
+.PHONY: run test lint install install-dev redis-server nginx promtool chromium jemalloc constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
-run: install redis-server nginx
+run: install redis-server nginx jemalloc
 	$(VENV)/bin/python -m stack
 
-test: install-dev redis-server nginx promtool chromium lint
+test: install-dev redis-server nginx promtool chromium jemalloc lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev nginx
@@ -45,6 +45,10 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 redis-server:
 	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
 
+# jemalloc: gunicorn runs on it where installed, as in Dockerfile.web (docs/reliability.md, "Soak and memory").
+jemalloc:
+	@/sbin/ldconfig -p | grep -q 'libjemalloc\.so\.2 ' || { $(APT_INSTALL) libjemalloc2; }
+
 nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(APT_INSTALL) nginx; }
 
@@ -67,14 +71,14 @@ model-bench: install-dev
 
 # End-to-end benchmark against the ceiling and the naive design; writes results/ (not committed).
 BENCH_ARGS ?=
-bench: install-dev redis-server
+bench: install-dev redis-server jemalloc
 	$(VENV)/bin/python -m bench.run --data $(SST2_DIR) $(BENCH_ARGS)
 
 MINUTES ?= 5
-soak: install-dev redis-server
+soak: install-dev redis-server jemalloc
 	$(VENV)/bin/python -m bench.soak --minutes $(MINUTES)
 
-chaos: install-dev redis-server
+chaos: install-dev redis-server jemalloc
 	$(VENV)/bin/python -m bench.chaos
 
 # Builds both images and runs the compose stack on a local dockerd (see README, "Smoke test").

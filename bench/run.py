@@ -322,6 +322,7 @@ def main() -> None:
         prefix=service_prefix,
         app="bench.naive_server:create_app()",
         config="bench/naive_gunicorn_conf.py",
+        allocator_env={},  # the plain server a user would write: glibc's malloc
     )
     naive_meter = CpuMeter(naive.pid)
     try:

@@ -2,12 +2,13 @@
 
     python -m bench.soak --minutes 5          (python -m bench.soak --minutes 30 for the long run)
     python -m bench.soak --minutes 6 --worker-env MALLOC_ARENA_MAX=2   (try a setting on the worker)
-    python -m bench.soak --minutes 10 --web-env MALLOC_ARENA_MAX=1     (or on gunicorn)
+    python -m bench.soak --minutes 10 --web-env LD_PRELOAD=            (gunicorn on glibc's malloc, not jemalloc)
 
 Reports requests, errors, async jobs done and lost, and the RSS of the web (all gunicorn
 processes) and the worker at the start, every minute and at the end, and where each one's
 resident memory lies by the end (``rss_*_by_kind``): glibc's per-thread malloc arenas, the main
-heap, other anonymous memory (Python's own arenas, large allocations) and mapped files. Not part of CI.
+heap, other anonymous memory (Python's own arenas, large allocations; all of jemalloc's, which
+gunicorn runs on where libjemalloc2 is installed) and mapped files. Not part of CI.
 """
 
 import argparse
@@ -22,7 +23,7 @@ import redis
 
 from bench.run import K6
 from common.store import Stores
-from stack import REPO, RedisServer, free_port, start_web, start_worker
+from stack import REPO, RedisServer, free_port, start_web, start_worker, web_allocator_env
 
 
 def process_and_children(root_pid: int) -> list[int]:
@@ -131,7 +132,8 @@ def main() -> None:
     env = {"REDIS_URL": server.url, "WORKER_METRICS_PORT": "0", "TORCH_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     port = free_port()
     worker = start_worker({**env, **dict(item.split("=", 1) for item in args.worker_env)}, client)
-    web = start_web({**env, **dict(item.split("=", 1) for item in args.web_env)}, port, config=args.web_config)
+    web_env = dict(item.split("=", 1) for item in args.web_env)
+    web = start_web({**env, **web_env}, port, config=args.web_config)
     try:
         # Warm up so the start figures include the loaded model and imported code, not just boot.
         subprocess.run(
@@ -180,6 +182,7 @@ def main() -> None:
             "rss_worker_mib_by_kind": {"start": start_by_kind["worker"], "end": rss_mib_by_kind(worker.pid)},
             "worker_env": args.worker_env,
             "web_env": args.web_env,
+            "web_ld_preload": {**web_allocator_env(), **web_env}.get("LD_PRELOAD", ""),
             "web_alive": web.alive(),
             "worker_alive": worker.alive(),
         }

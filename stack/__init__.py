@@ -11,6 +11,7 @@ from stack.processes import (
     start_web,
     start_worker,
     wait_until,
+    web_allocator_env,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "start_web",
     "start_worker",
     "wait_until",
+    "web_allocator_env",
 ]

@@ -9,6 +9,8 @@ answers through the front door, then runs until Ctrl-C or SIGTERM stops it all, 
 - REDIS_PORT: Redis's port; by default 6379, or a free port when something (often the system's
   own Redis) already listens there.
 - Every other variable passes through to the worker and gunicorn (MODEL, TORCH_THREADS, ...).
+- gunicorn runs on jemalloc (LD_PRELOAD=libjemalloc.so.2) where libjemalloc2 is installed, as in
+  Dockerfile.web; a LD_PRELOAD of your own, even an empty one, replaces that.
 
 Worker and web output reaches the terminal, each line prefixed with its process, and a log file.
 """
@@ -32,6 +34,7 @@ from stack.processes import (
     http_status,
     port_is_free,
     wait_until,
+    web_allocator_env,
 )
 
 DEFAULT_WEB_PORT = 8000
@@ -87,9 +90,13 @@ def run(environ: Mapping[str, str]) -> int:
             env["REDIS_URL"] = redis_server.url
             say(f"redis-server on {LOOPBACK}:{redis_server.port} (log: {redis_server.log_path})")
         processes.append(ChildProcess("worker", [sys.executable, "-m", "worker"], env, echo=True))
+        allocator_env = web_allocator_env(environ)
+        if not allocator_env and "LD_PRELOAD" not in environ:
+            say("libjemalloc2 is not installed, so gunicorn runs on glibc's malloc (make jemalloc installs it)")
+        web_env = {**allocator_env, **env}
         processes.append(
             ChildProcess(
-                "web", [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"], env, echo=True
+                "web", [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"], web_env, echo=True
             )
         )
         web_settings = Settings.from_env(environ={**environ, **env})

@@ -1,5 +1,6 @@
 """The processes of a local stack: redis-server, a Celery worker and gunicorn, each with a log file."""
 
+import ctypes.util
 import http.client
 import os
 import shutil
@@ -12,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -253,6 +254,19 @@ def start_worker(
     return worker
 
 
+def web_allocator_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment that runs gunicorn on jemalloc, as Dockerfile.web does.
+
+    Empty where libjemalloc2 is missing, and where ``environ`` already sets LD_PRELOAD (even to
+    nothing: ``LD_PRELOAD=`` runs the web on glibc's malloc). In soaks, glibc's per-thread arenas
+    grew under gunicorn's threads and jemalloc's memory grew less (docs/reliability.md).
+    """
+    if "LD_PRELOAD" in environ:
+        return {}
+    library = ctypes.util.find_library("jemalloc")
+    return {"LD_PRELOAD": library} if library else {}
+
+
 def start_web(
     env: dict[str, str],
     port: int,
@@ -260,12 +274,18 @@ def start_web(
     prefix: Sequence[str] = (),
     app: str = "web:create_app()",
     config: str = "web/gunicorn_conf.py",
+    allocator_env: dict[str, str] | None = None,
 ) -> ChildProcess:
-    """Start gunicorn (by default the service's app and config) on ``port`` and wait for /health."""
+    """Start gunicorn (by default the service's app, config and allocator) on ``port`` and wait for /health."""
     web = ChildProcess(
         "web",
         [*prefix, sys.executable, "-m", "gunicorn", "-c", config, app],
-        {**env, "PORT": str(port), "WEB_PROCESSES": str(processes)},
+        {
+            **(web_allocator_env() if allocator_env is None else allocator_env),
+            **env,
+            "PORT": str(port),
+            "WEB_PROCESSES": str(processes),
+        },
     )
 
     def healthy() -> bool:

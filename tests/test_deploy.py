@@ -305,6 +305,7 @@ def test_dockerfiles_run_as_non_root_and_keep_torch_out_of_web():
         assert "USER 10001" in dockerfile
         assert dockerfile.count("FROM ") >= 2, "multi-stage build expected"
     assert "HEALTHCHECK" in web
+    assert "LD_PRELOAD=libjemalloc.so.2" in web and "libjemalloc2" in web, "gunicorn must run on jemalloc"
     requirements = [line.split("==")[0] for line in (REPO / "requirements" / "web.txt").read_text().splitlines()]
     assert "torch" not in requirements and "transformers" not in requirements
     assert "TORCH_INDEX_URL" in worker and "MODEL_ID" in worker

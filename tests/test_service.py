@@ -1,8 +1,11 @@
 """The contract end to end: gunicorn, a real Redis and a real Celery worker process."""
 
 import math
+import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,7 +16,7 @@ from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, create_celery
 from common.jobs import JobStatus, QueuedJob, new_job_id
 from common.store import Stores
 from common.store.keys import PREFIX, done_key, job_key
-from tests.support import RedisServer, free_port, start_web, start_worker, wait_until
+from tests.support import RedisServer, free_port, start_web, start_worker, wait_until, web_allocator_env
 
 
 @pytest.fixture
@@ -166,6 +169,25 @@ def test_health_and_ready(web_url):
     ready = requests.get(f"{web_url}/ready", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["workers"] >= 1
+
+
+def test_gunicorn_processes_run_on_jemalloc(service_env):
+    """As in Dockerfile.web (why: docs/reliability.md, "Soak and memory")."""
+    if not web_allocator_env({}):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs libjemalloc2 for the web's allocator (make jemalloc)")
+        pytest.skip("libjemalloc2 is not installed (make jemalloc)")
+    web = start_web(service_env, free_port(), processes=2)
+
+    def gunicorn_workers() -> list[str]:
+        return subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout.split()
+
+    try:
+        wait_until(lambda: len(gunicorn_workers()) == 2, 10, "gunicorn to fork its two workers")
+        for pid in [web.pid, *map(int, gunicorn_workers())]:
+            assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text(), f"gunicorn process {pid} has no jemalloc mapped"
+    finally:
+        web.stop()
 
 
 def test_the_worker_still_serves_the_previous_releases_one_job_message(worker, store, settings, unique):
