@@ -36,7 +36,7 @@ import requests
 from bench.run import K6
 from common.store import Stores
 from common.store.keys import PREFIX, job_key
-from stack import REPO, RedisServer, free_port, start_web, start_worker
+from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 
 FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9")
 SYNC_WAIT_S = 20
@@ -170,8 +170,7 @@ def run_fault(fault: str, seconds: int) -> dict:
             time.sleep(2)
             server.start()
         else:
-            children = subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout.split()
-            os.kill(int(children[0]), signal.SIGKILL)
+            os.kill(child_pids(web.pid)[0], signal.SIGKILL)
         load.wait(seconds * 3 + 180)
         probe.stop()
         metrics = json.loads(summary_path.read_text())["metrics"]

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model import BUNDLED_MODEL_DIR
 from model_tools import default_model
 from model_tools.sst2 import read_split
-from stack import REPO, RedisServer, free_port, start_web, start_worker
+from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 from worker.thread_names import FORWARD_THREAD_NAME
 
 K6 = shutil.which("k6") or str(Path(os.sys.executable).parent / "k6")
@@ -101,8 +101,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
 
 def process_tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its direct children (gunicorn's master and workers)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return sum(sum(thread_cpu_seconds(int(each)).values()) for each in [pid, *children])
+    return sum(sum(thread_cpu_seconds(each).values()) for each in [pid, *child_pids(pid)])
 
 
 class CpuMeter:

@@ -23,12 +23,11 @@ import redis
 
 from bench.run import K6
 from common.store import Stores
-from stack import REPO, RedisServer, free_port, start_web, start_worker, web_allocator_env
+from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 
 
 def process_and_children(root_pid: int) -> list[int]:
-    children = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout.split()
-    return [root_pid, *map(int, children)]
+    return [root_pid, *child_pids(root_pid)]
 
 
 def rss_mib(root_pid: int) -> float:
@@ -182,7 +181,7 @@ def main() -> None:
             "rss_worker_mib_by_kind": {"start": start_by_kind["worker"], "end": rss_mib_by_kind(worker.pid)},
             "worker_env": args.worker_env,
             "web_env": args.web_env,
-            "web_ld_preload": {**web_allocator_env(), **web_env}.get("LD_PRELOAD", ""),
+            "web_ld_preload": web.env.get("LD_PRELOAD", ""),
             "web_alive": web.alive(),
             "worker_alive": worker.alive(),
         }

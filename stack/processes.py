@@ -74,6 +74,11 @@ def http_status(url: str, timeout_s: float = 1) -> int | None:
         return None
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (gunicorn's workers under its master, make's launcher)."""
+    return [int(child) for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
 def exited_during_startup(process: "ChildProcess | RedisServer") -> StartupError:
     """The error for a process that died while starting, with the tail of its log."""
     return StartupError(
@@ -179,10 +184,11 @@ class ChildProcess:
         self._log = self.log_path.open("wb")
         # Its own session: a terminal's Ctrl-C reaches only the launcher, which stops the children in order,
         # and signal() reaches gunicorn's workers as well as its master.
+        self.env = {**os.environ, **env}
         self.process = subprocess.Popen(
             list(args),
             cwd=REPO,
-            env={**os.environ, **env},
+            env=self.env,
             stdout=subprocess.PIPE if echo else self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -2,7 +2,6 @@
 
 import math
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +15,7 @@ from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, create_celery
 from common.jobs import JobStatus, QueuedJob, new_job_id
 from common.store import Stores
 from common.store.keys import PREFIX, done_key, job_key
-from tests.support import RedisServer, free_port, start_web, start_worker, wait_until, web_allocator_env
+from tests.support import RedisServer, child_pids, free_port, start_web, start_worker, wait_until, web_allocator_env
 
 
 @pytest.fixture
@@ -178,13 +177,9 @@ def test_gunicorn_processes_run_on_jemalloc(service_env):
             pytest.fail("CI needs libjemalloc2 for the web's allocator (make jemalloc)")
         pytest.skip("libjemalloc2 is not installed (make jemalloc)")
     web = start_web(service_env, free_port(), processes=2)
-
-    def gunicorn_workers() -> list[str]:
-        return subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout.split()
-
     try:
-        wait_until(lambda: len(gunicorn_workers()) == 2, 10, "gunicorn to fork its two workers")
-        for pid in [web.pid, *map(int, gunicorn_workers())]:
+        wait_until(lambda: len(child_pids(web.pid)) == 2, 10, "gunicorn to fork its two workers")
+        for pid in [web.pid, *child_pids(web.pid)]:
             assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text(), f"gunicorn process {pid} has no jemalloc mapped"
     finally:
         web.stop()

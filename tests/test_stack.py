@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from stack import RedisServer, free_port, http_status, port_is_free, wait_until
+from stack import RedisServer, child_pids, free_port, http_status, port_is_free, wait_until
 from tests.support import REPO
 
 SYSTEM_REDIS_PORT = 6379
@@ -42,8 +42,8 @@ def test_make_run_reaches_ready_beside_a_redis_on_6379(redis_on_6379, tmp_path):
         assert f"port {SYSTEM_REDIS_PORT} is taken" in log_path.read_text()
         # SIGTERM to the launcher itself (make would die of a SIGINT aimed at it): it stops the
         # stack in order and make then exits with the launcher's status.
-        (launcher,) = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
-        os.kill(int(launcher), signal.SIGTERM)
+        (launcher,) = child_pids(run.pid)
+        os.kill(launcher, signal.SIGTERM)
         assert run.wait(60) == 0, log_path.read_text()[-3000:]
     finally:
         if run.poll() is None:
