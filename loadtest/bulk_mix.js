@@ -8,7 +8,7 @@ import { check, sleep } from 'k6';
 import { SharedArray } from 'k6/data';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
-import { BASE_URL, loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, predict, chooseRunOffset, freshTexts } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '60s';
@@ -38,7 +38,7 @@ export function setup() {
 }
 
 export function interactive(data) {
-  predict([uniqueText(sentences, exec.scenario.iterationInTest, data.runOffset)]);
+  predict(freshTexts(sentences, data.runOffset, '', 1, 1));
 }
 
 function seconds(duration) {
@@ -51,11 +51,6 @@ function seconds(duration) {
 
 function jsonHeaders(name) {
   return { headers: { 'Content-Type': 'application/json' }, tags: { name } };
-}
-
-// Bulk texts end with a word no interactive text has, so neither side meets the other's in the cache.
-function bulkText(runOffset, n) {
-  return `${uniqueText(sentences, n, runOffset)} bulk`;
 }
 
 function allResultsScored(statusUrl) {
@@ -79,10 +74,8 @@ export function bulk(data) {
     sleep(1);
     return;
   }
-  const texts = [];
-  for (let i = 0; i < BULK_TEXTS; i++) {
-    texts.push(bulkText(data.runOffset, exec.scenario.iterationInTest * BULK_TEXTS + i));
-  }
+  // Bulk texts end with a word no interactive text has, so neither side meets the other's in the cache.
+  const texts = freshTexts(sentences, data.runOffset, ' bulk', BULK_TEXTS, BULK_TEXTS);
   const submitted = Date.now();
   const accepted = http.post(`${BASE_URL}/jobs`, JSON.stringify({ text: texts }), jsonHeaders('jobs'));
   if (!check(accepted, { 'bulk job accepted (202)': (r) => r.status === 202 })) {

@@ -8,8 +8,7 @@ import http from 'k6/http';
 import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
-import exec from 'k6/execution';
-import { BASE_URL, loadSentences, chooseRunOffset, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, chooseRunOffset, freshTexts } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '60s';
@@ -90,23 +89,12 @@ export function setup() {
   return { runOffset: chooseRunOffset() };
 }
 
-// Texts no request sent before: each iteration owns `slots` numbers (the most texts it may send),
-// each scenario ends its texts with its own marker, and every VU counts from the same run offset,
-// so no two requests share a text.
-function fresh(runOffset, marker, count, slots) {
-  const texts = [];
-  for (let i = 0; i < count; i++) {
-    texts.push(`${uniqueText(sentences, exec.scenario.iterationInTest * slots + i, runOffset)}${marker}`);
-  }
-  return texts;
-}
-
 export function cached() {
   classify(post([sentences[Math.floor(Math.random() * Math.min(20, sentences.length))]], ''));
 }
 
 export function uncached(data) {
-  const texts = fresh(data.runOffset, '', 1 + Math.floor(Math.random() * 4), 4);
+  const texts = freshTexts(sentences, data.runOffset, '', 1 + Math.floor(Math.random() * 4), 4);
   const response = post(texts, '');
   classify(response);
   if (response.status === 202) follow(response, texts);
@@ -114,7 +102,7 @@ export function uncached(data) {
 }
 
 export function asyncJobs(data) {
-  const texts = fresh(data.runOffset, ' later', 4, 4);
+  const texts = freshTexts(sentences, data.runOffset, ' later', 4, 4);
   const response = post(texts, '?wait=0');
   classify(response);
   if (response.status === 202) follow(response, texts);

@@ -1,6 +1,7 @@
 // Shared by the k6 scenarios: loopback guard, sentences, request helper.
 import http from 'k6/http';
 import { check } from 'k6';
+import exec from 'k6/execution';
 
 export const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8000';
 // Load tests may only target this machine.
@@ -73,4 +74,18 @@ export function uniqueText(sentences, n, offset) {
   const t = offset + Math.floor(n / sentences.length);
   const tag = `${TAG_WORDS[t % W]} ${TAG_WORDS[Math.floor(t / W) % W]} ${TAG_WORDS[Math.floor(t / (W * W)) % W]}`;
   return `${sentences[n % sentences.length]} ${tag}`;
+}
+
+// Texts no request of this run sent before. Each iteration of a scenario owns `slots` numbers (the
+// most texts it may send), each scenario ends its texts with its own marker (uniqueText's tags of
+// two scenarios meet once one has sent enough), and every VU counts from the same run offset
+// (chooseRunOffset). Without all three, "uncached" requests met earlier texts in the cache
+// (docs/reliability.md, "Soak and memory").
+export function freshTexts(sentences, runOffset, marker, count, slots) {
+  const texts = [];
+  for (let i = 0; i < count; i++) {
+    const n = exec.scenario.iterationInTest * slots + i;
+    texts.push(`${uniqueText(sentences, n, runOffset)}${marker}`);
+  }
+  return texts;
 }

@@ -4,8 +4,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
-import exec from 'k6/execution';
-import { BASE_URL, loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
+import { BASE_URL, loadSentences, predict, chooseRunOffset, freshTexts } from './lib.js';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const DURATION = __ENV.DURATION || '2m';
@@ -27,30 +26,16 @@ export function setup() {
   return { runOffset: chooseRunOffset() };
 }
 
-// Texts no request sent before. Each iteration owns `slots` numbers (the most texts it may send),
-// each scenario ends its texts with its own marker (uniqueText's tags of two scenarios meet once
-// one has sent enough), and every VU counts from the same run offset. Without all three, "uncached"
-// requests met earlier texts in the cache and filled the web's hot caches (docs/reliability.md,
-// "Soak and memory").
-function fresh(runOffset, marker, count, slots) {
-  const texts = [];
-  for (let i = 0; i < count; i++) {
-    const n = exec.scenario.iterationInTest * slots + i;
-    texts.push(`${uniqueText(sentences, n, runOffset)}${marker}`);
-  }
-  return texts;
-}
-
 export function cached() {
   predict([sentences[Math.floor(Math.random() * Math.min(20, sentences.length))]]);
 }
 
 export function uncached(data) {
-  predict(fresh(data.runOffset, '', 1 + Math.floor(Math.random() * 8), 8));
+  predict(freshTexts(sentences, data.runOffset, '', 1 + Math.floor(Math.random() * 8), 8));
 }
 
 export function asyncPoll(data) {
-  const texts = fresh(data.runOffset, ' later', 4, 4);
+  const texts = freshTexts(sentences, data.runOffset, ' later', 4, 4);
   const response = http.post(`${BASE_URL}/predict?wait=0`, JSON.stringify({ text: texts }), {
     headers: { 'Content-Type': 'application/json' },
     tags: { name: 'predict_async' },

@@ -1,8 +1,7 @@
 // Every text is new: each one carries a unique tag, so the cache never answers.
 //   k6 run -e VUS=16 -e TEXTS_PER_REQUEST=1 -e DURATION=30s loadtest/uncached.js
-import { loadSentences, predict, chooseRunOffset, uniqueText } from './lib.js';
+import { loadSentences, predict, chooseRunOffset, freshTexts } from './lib.js';
 import { SharedArray } from 'k6/data';
-import exec from 'k6/execution';
 
 const sentences = new SharedArray('sentences', loadSentences);
 const TEXTS = parseInt(__ENV.TEXTS_PER_REQUEST || '1', 10);
@@ -22,10 +21,5 @@ export function setup() {
 }
 
 export default function (data) {
-  const texts = [];
-  for (let i = 0; i < TEXTS; i++) {
-    const n = exec.scenario.iterationInTest * TEXTS + i;
-    texts.push(uniqueText(sentences, n, data.runOffset));
-  }
-  predict(texts);
+  predict(freshTexts(sentences, data.runOffset, '', TEXTS, TEXTS));
 }
