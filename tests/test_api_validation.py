@@ -1,6 +1,7 @@
 """Every bad input gets a 4xx JSON error in one shape; never a 500, never a stack trace."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -45,6 +46,26 @@ def post_raw(client, data, content_type="application/json"):
 def test_schema_violations_are_422_with_field_details(client, body, field):
     body = assert_error(post_raw(client, json.dumps(body)), 422, "validation_error")
     assert field in body["details"]
+
+
+def test_concurrent_invalid_requests_each_get_their_own_error_details(web_url, settings):
+    """The web process parses every request with one shared schema object; errors must not leak between threads."""
+    too_long = "a" * (settings.max_text_chars + 1)
+
+    def bad_text_at(index: int) -> dict:
+        texts = ["fine"] * 20
+        texts[index] = too_long if index % 2 else "null\x00byte"
+        response = requests.post(f"{web_url}/predict", json={"text": texts}, timeout=30)
+        assert response.status_code == 422, response.text
+        return response.json()["details"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        details = list(pool.map(bad_text_at, [request % 20 for request in range(400)]))
+    for request, detail in enumerate(details):
+        index = request % 20
+        assert list(detail["text"]) == [str(index)], detail
+        expected = "Longer than maximum length" if index % 2 else "disallowed character U+0000"
+        assert expected in " ".join(detail["text"][str(index)]), detail
 
 
 def test_too_many_texts_is_422(client, settings):

@@ -81,8 +81,7 @@ def score(
     model_identity = services.model_identity()
     known = cached_predictions(services, model_identity, texts) if model_identity else [None] * len(texts)
     hits = sum(prediction is not None for prediction in known)
-    metrics.CACHE_LOOKUPS.labels("hit").inc(hits)
-    metrics.CACHE_LOOKUPS.labels("miss").inc(len(texts) - hits)
+    metrics.count_cache_lookups(hits, len(texts) - hits)
     claims = services.stores.idempotency
     earlier = None
     if idempotency is not None:
@@ -91,7 +90,7 @@ def score(
         if earlier is not None and earlier.body_hash != idempotency.body_hash:
             return IdempotencyClash(earlier.job_id)
     if hits == len(texts):
-        metrics.ANSWERS.labels("cached").inc()
+        metrics.ANSWERED_CACHED.inc()
         return Scored(known)
 
     jobs = services.stores.jobs
@@ -113,16 +112,16 @@ def score(
     results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
     if results is not None:
-        metrics.ANSWERS.labels("sync").inc()
+        metrics.ANSWERED_SYNC.inc()
         return Scored(merge_results(texts, known, results))
     record = jobs.get(job_id)
     if record is not None and record.status == JobStatus.DONE:  # ended just after the wait
-        metrics.ANSWERS.labels("sync").inc()
+        metrics.ANSWERED_SYNC.inc()
         return Scored(record.predictions)
     if record is not None and record.status == JobStatus.FAILED:
-        metrics.ANSWERS.labels("failed").inc()
+        metrics.ANSWERED_FAILED.inc()
         return Failed(job_id, record.error)
-    metrics.ANSWERS.labels("async").inc()
+    metrics.ANSWERED_ASYNC.inc()
     return Pending(job_id, record.status if record else JobStatus.QUEUED)
 
 
