@@ -3,6 +3,7 @@
 Each test runs its own Redis and processes, so the shared stack of the other tests is untouched.
 """
 
+import contextlib
 import json
 import signal
 import threading
@@ -113,9 +114,16 @@ def test_worker_sigkilled_mid_batch_its_jobs_complete_once_on_a_new_worker(stack
         assert ended == 1, f"job {job_id}, running at the kill (statuses then: {at_kill}), ended {ended} times"
         assert_each_text_once(client, job_id, texts_of[job_id])
     # The interrupted batch was redelivered: the rescue worker computed at least its jobs' texts.
-    rescued = sum(batch["texts"] for batch in Stores.over(client).workers.recent_batches() if batch["worker"] not in doomed_names)
+    batch_log = Stores.over(client).workers
+
+    def rescued() -> int:
+        return sum(batch["texts"] for batch in batch_log.recent_batches() if batch["worker"] not in doomed_names)
+
     interrupted_texts = sum(len(texts_of[job_id]) for job_id in interrupted)
-    assert rescued >= interrupted_texts, f"{interrupted_texts} texts were running at the kill; the rescue computed {rescued}"
+    # The batch log is written just after a batch's answers, so give it a moment to catch up.
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: rescued() >= interrupted_texts, 10, "the rescue's batches in the log")
+    assert rescued() >= interrupted_texts, f"{interrupted_texts} texts were running at the kill; the rescue computed {rescued()}"
 
 
 def test_worker_past_its_memory_limit_finishes_held_jobs_and_exits_for_a_restart(stack):

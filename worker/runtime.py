@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
 
@@ -92,6 +92,11 @@ class WorkerRuntime:
         self._heartbeat_lock = threading.Lock()
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        # Redis writes a forward pass need not wait for (marking its jobs running, the batch log): one
+        # thread makes them in order while the batcher goes on. Inline they held up each lone text's
+        # answer by about 0.8 ms. Marking running only moves queued jobs, so a late mark never undoes
+        # a job's end.
+        self._bookkeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
 
     @classmethod
     def start(cls, settings) -> "WorkerRuntime":
@@ -124,6 +129,7 @@ class WorkerRuntime:
     def shutdown(self) -> None:
         """Finish held batches, then leave the live-worker set."""
         self.batcher.stop()
+        self._bookkeeping.shutdown(wait=True)
         self._heartbeat_stop.set()
         try:
             self.stores.workers.remove(self.name)
@@ -143,11 +149,14 @@ class WorkerRuntime:
     def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
         for job in jobs:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - job.enqueued_at))
+        self._bookkeeping.submit(self._mark_running, [job.job_id for job in jobs])
+
+    def _mark_running(self, job_ids: list[str]) -> None:
         try:
-            self.stores.start_jobs([job.job_id for job in jobs])
+            self.stores.start_jobs(job_ids)
         except redis.RedisError as error:
             # Bookkeeping only; the jobs still run, and completing them (with retries) releases their reservations.
-            log.warning("could not mark %d jobs running: %s", len(jobs), error)
+            log.warning("could not mark %d jobs running: %s", len(job_ids), error)
 
     def _batch_done(self, record: BatchRecord) -> None:
         metrics.BATCH_TEXTS.observe(record.texts)
@@ -155,8 +164,11 @@ class WorkerRuntime:
         metrics.REAL_TOKENS.inc(record.tokens)
         metrics.COMPUTED_TOKENS.inc(record.computed_tokens)
         metrics.INFERENCE_SECONDS.observe(record.seconds)
+        self._bookkeeping.submit(self._log_batch, record.__dict__ | {"at": time.time(), "worker": self.name})
+
+    def _log_batch(self, batch: dict) -> None:
         try:
-            self.stores.workers.record_batches([record.__dict__ | {"at": time.time(), "worker": self.name}])
+            self.stores.workers.record_batches([batch])
         except redis.RedisError as error:
             log.warning("could not record batch: %s", error)
 
