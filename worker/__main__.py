@@ -11,7 +11,8 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # oneDNN caches a compiled kernel per input shape, and packed batches change shape with nearly
 # every batch: over 300 random batches here RSS grew 483 -> 822 MiB with the cache, 483 -> 528
-# without it, at the same speed (231 vs 232 texts/s).
+# without it, at the same speed (231 vs 232 texts/s). The torch backend now runs on CPU without
+# oneDNN (model/torch_backend.py), so this only matters where something turns oneDNN back on.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 import logging  # noqa: E402
