@@ -4,12 +4,16 @@ The broker is replaced by a recorder whose publish can be held open, so the test
 arrive while a message is on its way; the real broker path is covered by the service tests.
 """
 
+import base64
+import json
 import threading
 
 import pytest
+import redis
 
-from common.celery_app import PREDICT_JOBS_TASK
+from common.celery_app import PREDICT_JOBS_TASK, create_celery
 from common.jobs import QueuedJob
+from common.settings import Settings
 from web.dispatch import JobDispatcher
 
 WAIT_S = 5
@@ -25,7 +29,7 @@ class RecordingCelery:
         self.hold.set()
         self.fail_next = False
 
-    def send_task(self, name, args):
+    def send_task(self, name, args, **options):
         assert name == PREDICT_JOBS_TASK
         self.publishing.set()
         assert self.hold.wait(WAIT_S)
@@ -97,3 +101,17 @@ def test_a_failed_publish_fails_the_requests_it_carried_and_the_next_message_sti
     assert isinstance(errors.pop("first"), ConnectionError)
     assert not errors
     assert celery.messages == [["later"]]
+
+
+def test_published_messages_carry_the_texts_only_in_their_body(private_redis):
+    settings = Settings.from_env({"redis_url": private_redis.url, "queue_name": "dispatch-test"})
+    text = "a private sentence that only the body may carry"
+    JobDispatcher(create_celery(settings)).send(QueuedJob("job-1", [text], deadline=1e12, enqueued_at=0.0))
+    [raw] = redis.Redis.from_url(private_redis.url).lrange("dispatch-test", 0, -1)
+    message = json.loads(raw)
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body).decode()
+    assert text in body
+    assert text not in json.dumps(message["headers"])
+    assert message["headers"]["argsrepr"] == "[1 jobs]"

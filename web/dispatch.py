@@ -54,7 +54,14 @@ class JobDispatcher:
             batch, self._waiting = self._waiting, []
         error: BaseException | None = RuntimeError("the publish was interrupted")
         try:
-            self.celery.send_task(PREDICT_JOBS_TASK, args=[[outgoing.job.to_message() for outgoing in batch]])
+            self.celery.send_task(
+                PREDICT_JOBS_TASK,
+                args=[[outgoing.job.to_message() for outgoing in batch]],
+                # Celery would otherwise copy a repr of the args, the clients' texts, into the message's
+                # headers (shown by monitoring tools such as Flower); building it took 13 % of a publish.
+                argsrepr=f"[{len(batch)} jobs]",
+                kwargsrepr="{}",
+            )
             error = None
             metrics.JOBS_PER_MESSAGE.observe(len(batch))
         except Exception as publish_error:  # each request answers for its own job (503, reservation released)
