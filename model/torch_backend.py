@@ -53,7 +53,7 @@ class TorchClassifier(TextClassifier):
             # nearly every batch; with its kernel cache off (the worker's setting, for memory) that
             # build dominated a lone text's forward pass. Without oneDNN the linear layers run on
             # MKL's BLAS: over 300 lone texts sent 7 ms apart, median 8.8-9.9 ms against 10.3-15.1
-            # with oneDNN, and random batches of 8-48 texts ran at 248-260 texts/s against 236-241,
+            # with oneDNN, and random batches of 8-48 texts ran at 248-260 texts/s against 237-241,
             # with RSS flat (515 MiB) where oneDNN's cache grew it (588-611 MiB after 60 batches).
             torch.backends.mkldnn.enabled = False
         try:
