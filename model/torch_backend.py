@@ -31,6 +31,16 @@ class TorchClassifier(TextClassifier):
     """A transformers sequence-classification model run with torch."""
 
     def __init__(self, model, tokenizer, name: str, device: str):
+        if device == "cpu":
+            # Process-wide: every torch model of this process then computes without oneDNN.
+            # oneDNN builds a kernel for each new input shape, and packed batches change shape with
+            # nearly every batch. With its kernel cache off (the worker's setting, for memory) the
+            # builds dominated a lone text's forward pass; with the cache on (1,024 kernels, its
+            # default) RSS grew 515 -> 588-611 MiB over 60 random batches. Without oneDNN the linear
+            # layers run on MKL's BLAS. One process here, 300 lone texts sent 7 ms apart: median
+            # 8.8-9.9 ms, against 10.3-15.1 with oneDNN and its cache off; random batches of 8-48
+            # texts: 248-260 texts/s against 237-241; RSS 515 MiB either way.
+            torch.backends.mkldnn.enabled = False
         self.model = model.eval()
         digest = config_digest(model.config)
         for key, tensor in sorted(model.state_dict().items()):
@@ -48,14 +58,6 @@ class TorchClassifier(TextClassifier):
             torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()
         resolved = resolve_device(device)
-        if resolved == "cpu":
-            # oneDNN builds a kernel for each new input shape, and packed batches change shape with
-            # nearly every batch; with its kernel cache off (the worker's setting, for memory) that
-            # build dominated a lone text's forward pass. Without oneDNN the linear layers run on
-            # MKL's BLAS: over 300 lone texts sent 7 ms apart, median 8.8-9.9 ms against 10.3-15.1
-            # with oneDNN, and random batches of 8-48 texts ran at 248-260 texts/s against 237-241,
-            # with RSS flat (515 MiB) where oneDNN's cache grew it (588-611 MiB after 60 batches).
-            torch.backends.mkldnn.enabled = False
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             # transformers 5 keeps the stored dtype; fp16 matmuls are slow on CPU, so compute in fp32.

@@ -184,3 +184,36 @@ def test_docs_are_served_without_a_cdn(client):
     assert "//cdn" not in html and "https://" not in html
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+
+
+def test_argument_schemas_are_built_once_not_per_request():
+    from flask import Flask
+    from flask_smorest import Api
+    from marshmallow import Schema, fields
+
+    from web.parsing import ApiBlueprint
+
+    built = []
+
+    class CountingSchema(Schema):
+        name = fields.String()
+
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    app = Flask("schemas-built-once")
+    app.config.update(API_TITLE="probe", API_VERSION="1", OPENAPI_VERSION="3.0.3")
+    blueprint = ApiBlueprint("probe", __name__)
+
+    @blueprint.route("/probe", methods=["POST"])
+    @blueprint.arguments(CountingSchema, location="json")
+    def probe(body):
+        return body
+
+    Api(app).register_blueprint(blueprint)
+    built_at_start = len(built)
+    client = app.test_client()
+    for name in ("a", "b", "c"):
+        assert client.post("/probe", json={"name": name}).get_json() == {"name": name}
+    assert len(built) == built_at_start

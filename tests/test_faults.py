@@ -120,7 +120,7 @@ def test_worker_sigkilled_mid_batch_its_jobs_complete_once_on_a_new_worker(stack
         return sum(batch["texts"] for batch in batch_log.recent_batches() if batch["worker"] not in doomed_names)
 
     interrupted_texts = sum(len(texts_of[job_id]) for job_id in interrupted)
-    # The batch log is written just after a batch's answers, so give it a moment to catch up.
+    # A worker's bookkeeping thread writes the batch log, possibly just after the batch's answers.
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: rescued() >= interrupted_texts, 10, "the rescue's batches in the log")
     assert rescued() >= interrupted_texts, f"{interrupted_texts} texts were running at the kill; the rescue computed {rescued()}"

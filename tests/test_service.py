@@ -43,19 +43,24 @@ def batches_since(store, since: float) -> list[dict]:
     return [batch for batch in store.workers.recent_batches() if batch["at"] >= since]
 
 
-def texts_computed_since(store, since: float, expected: int = 0) -> int:
-    """Texts computed since ``since``, once the batch log holds at least ``expected`` of them.
+@pytest.fixture
+def texts_computed_since(store, service_env):
+    """Texts computed since a time, counted in the batch log once the worker's bookkeeping has written it.
 
-    The worker logs a batch from a thread of its own, just after handing out the batch's answers,
-    so an answered request's batch can reach the log a moment later.
+    The worker hands a batch's log entry to its bookkeeping thread before it hands out the batch's
+    answers, and writes it a moment later; once nothing is pending there, the log is complete.
     """
+    metrics_url = f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics"
 
-    def computed() -> int:
+    def count(since: float) -> int:
+        wait_until(
+            lambda: total(scrape(metrics_url), "sentiment_worker_bookkeeping_pending") == 0,
+            30,
+            "the worker's bookkeeping to write the batch log",
+        )
         return sum(batch["texts"] for batch in batches_since(store, since))
 
-    if expected:
-        wait_until(lambda: computed() >= expected, 30, f"the batch log to show {expected} computed texts")
-    return computed()
+    return count
 
 
 def post(web_url, texts, query="", timeout=60):
@@ -87,7 +92,7 @@ def test_known_sentences_are_scored_right(web_url, model_is_bundled):
     assert predictions[1][0]["label"] == "POSITIVE" and predictions[1][0]["score"] >= 0.85
 
 
-def test_full_cache_hit_enqueues_nothing(web_url, redis_client, store, unique):
+def test_full_cache_hit_enqueues_nothing(web_url, redis_client, store, unique, texts_computed_since):
     texts = [unique("a warm film"), unique("a cold film")]
     first = post(web_url, texts)
     assert first.status_code == 200
@@ -97,29 +102,31 @@ def test_full_cache_hit_enqueues_nothing(web_url, redis_client, store, unique):
     assert second.status_code == 200
     assert second.json() == first.json()
     assert job_keys(redis_client) == jobs_before
-    assert texts_computed_since(store, since) == 0
+    assert texts_computed_since(since) == 0
 
 
-def test_partial_hit_computes_only_the_missing_texts(web_url, redis_client, store, unique):
+def test_partial_hit_computes_only_the_missing_texts(web_url, redis_client, store, unique, texts_computed_since):
     cached = unique("cached sentence")
     post(web_url, [cached])
     since = wait_for_an_idle_worker(store, redis_client)
     response = post(web_url, [cached, unique("new sentence")])
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == 2
-    assert texts_computed_since(store, since, expected=1) == 1
+    assert texts_computed_since(since) == 1
 
 
-def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, redis_client, store, unique):
+def test_duplicate_texts_are_computed_once_and_answered_in_place(web_url, redis_client, store, unique, texts_computed_since):
     x, y = unique("same words"), unique("other words")
     since = wait_for_an_idle_worker(store, redis_client)
     predictions = post(web_url, [x, y, x, x]).json()["predictions"]
     assert len(predictions) == 4
     assert predictions[0] == predictions[2] == predictions[3]
-    assert texts_computed_since(store, since, expected=2) == 2
+    assert texts_computed_since(since) == 2
 
 
-def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(web_url, redis_client, store, unique):
+def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(
+    web_url, redis_client, store, unique, texts_computed_since
+):
     shared = unique("a text several clients send at once")
     # A first batch long enough (about a second) for the later requests to arrive while it runs.
     long_texts = [unique(f"the film drags on , yet the final scenes are moving . take {i} " * 8) for i in range(31)]
@@ -140,7 +147,7 @@ def test_concurrent_requests_for_a_text_in_a_forward_pass_cost_one_computation(w
     later_jobs = job_keys(redis_client) - jobs_before - {job_key(first["job_id"])}
     assert len(later_jobs) == 8, f"only {len(later_jobs)} of the 8 requests made a job"
     wait_until(lambda: requests.get(f"{web_url}/jobs/{first['job_id']}", timeout=10).json()["status"] == "done", 60, "job")
-    computed = texts_computed_since(store, since, expected=32)
+    computed = texts_computed_since(since)
     assert computed == 32, f"32 distinct texts, {computed} computed"
 
 
@@ -162,13 +169,13 @@ def test_wait_zero_answers_202_then_the_job_can_be_polled(web_url, unique):
     assert job["predictions"] == post(web_url, texts).json()["predictions"]
 
 
-def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, redis_client, store, unique):
+def test_cross_request_batching_needs_far_fewer_forward_passes(web_url, redis_client, store, unique, texts_computed_since):
     texts = [unique(f"concurrent sentence number {i}") for i in range(32)]
     since = wait_for_an_idle_worker(store, redis_client)
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda text: post(web_url, [text]), texts))
     assert all(response.status_code == 200 for response in responses)
-    assert texts_computed_since(store, since, expected=32) == 32
+    assert texts_computed_since(since) == 32
     batches = batches_since(store, since)
     assert len(batches) <= 16, f"32 single-text requests took {len(batches)} forward passes"
     assert max(batch["jobs"] for batch in batches) > 1
@@ -242,7 +249,9 @@ def test_a_separate_cache_server_holds_the_predictions_and_answers_repeats(servi
         cache.close()
 
 
-def test_a_redelivered_job_that_already_ended_is_skipped(worker, redis_client, store, settings, service_env, unique):
+def test_a_redelivered_job_that_already_ended_is_skipped(
+    worker, redis_client, store, settings, service_env, unique, texts_computed_since
+):
     # As after a worker died between completing a job and acking its message: the record is done,
     # and the broker hands the message out again.
     texts = [unique("scored before the redelivery")]
@@ -259,6 +268,6 @@ def test_a_redelivered_job_that_already_ended_is_skipped(worker, redis_client, s
         30,
         "the worker to take the redelivered message",
     )
-    assert texts_computed_since(store, since) == 0
+    assert texts_computed_since(since) == 0
     assert redis_client.llen(done_key(job_id)) == 1, "the job was ended a second time"
     assert store.jobs.get(job_id).predictions[0][0] == {"label": "POSITIVE", "score": 0.6}

@@ -43,11 +43,14 @@ JOBS_PER_MESSAGE = Histogram(
 
 
 def count_cache_lookups(hits: int, misses: int) -> None:
-    """Count a request's cache hits and misses; a zero is not written (each write locks a shared file)."""
+    """Count a request's cache hits and misses; a zero is not written (each write takes the process-wide metrics lock)."""
     if hits:
         CACHE_HITS.inc(hits)
     if misses:
         CACHE_MISSES.inc(misses)
+
+
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 class QueueCollector:
@@ -114,21 +117,27 @@ def instrument(app: Flask, services) -> None:
     def start_timer():
         g.request_started = time.perf_counter()
 
-    # (endpoint, method, status) -> the children of REQUESTS and REQUEST_SECONDS; routes, methods
-    # and statuses are few, so this stays small.
-    children = {}
+    # (endpoint, method, status) -> that request kind's REQUESTS child and REQUEST_SECONDS child,
+    # resolved once. Routes and statuses are few, and methods are mapped onto the standard ones.
+    series_of_kind: dict[tuple[str, str, int], tuple] = {}
 
     @app.after_request
     def record(response):
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        key = (endpoint, request.method, response.status_code)
-        counted = children.get(key)
-        if counted is None:
-            counted = children[key] = (REQUESTS.labels(endpoint, key[1], str(key[2])), REQUEST_SECONDS.labels(endpoint))
+        # A client can send any method token; a label per token would grow without bound.
+        method = request.method if request.method in STANDARD_METHODS else "other"
+        kind = (endpoint, method, response.status_code)
+        series = series_of_kind.get(kind)
+        if series is None:
+            series = series_of_kind[kind] = (
+                REQUESTS.labels(endpoint, method, str(response.status_code)),
+                REQUEST_SECONDS.labels(endpoint),
+            )
+        requests_total, seconds = series
         started = g.get("request_started")
         if started is not None:
-            counted[1].observe(time.perf_counter() - started)
-        counted[0].inc()
+            seconds.observe(time.perf_counter() - started)
+        requests_total.inc()
         return response
 
     @app.get("/metrics")

@@ -51,6 +51,10 @@ for outcome in ("done", "failed", "skipped"):
     BULK_TEXTS.labels(outcome)
 for outcome in ("delivered", "retry", "gave_up", "refused"):
     WEBHOOKS.labels(outcome)
+BOOKKEEPING_PENDING = Gauge(
+    "sentiment_worker_bookkeeping_pending",
+    "Jobs to mark running and batches to log, handed to the bookkeeping thread and not yet written to Redis.",
+)
 MODEL_LOAD_SECONDS = Gauge("sentiment_worker_model_load_seconds", "Seconds the model took to load.")
 
 

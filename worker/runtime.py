@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
 from pathlib import Path
 
@@ -20,11 +20,14 @@ from common.store.workers import HEARTBEAT_INTERVAL_S
 from model.core import default_threads, load_classifier
 from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
+from worker.bookkeeping import Bookkeeper
 
 log = logging.getLogger(__name__)
 
 # What BulkJobs.settle_chunk answers when the chunk was a job's last.
 JOB_ENDED = 2
+# How long shutdown waits for pending bookkeeping writes (a Redis that is away must not hold it up).
+BOOKKEEPING_STOP_S = 5
 
 
 def load_model(settings):
@@ -92,11 +95,7 @@ class WorkerRuntime:
         self._heartbeat_lock = threading.Lock()
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        # Redis writes a forward pass need not wait for (marking its jobs running, the batch log): one
-        # thread makes them in order while the batcher goes on. Inline they held up each lone text's
-        # answer by about 0.8 ms. Marking running only moves queued jobs, so a late mark never undoes
-        # a job's end.
-        self._bookkeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
+        self.bookkeeper = Bookkeeper(self.stores)
 
     @classmethod
     def start(cls, settings) -> "WorkerRuntime":
@@ -108,6 +107,7 @@ class WorkerRuntime:
         log.info("loaded model %s on %s in %.1fs", model.identity, model.device, seconds)
         runtime = cls(settings, model)
         runtime.batcher.start()
+        runtime.bookkeeper.start()
         metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
         return runtime
 
@@ -129,7 +129,7 @@ class WorkerRuntime:
     def shutdown(self) -> None:
         """Finish held batches, then leave the live-worker set."""
         self.batcher.stop()
-        self._bookkeeping.shutdown(wait=True)
+        self.bookkeeper.stop(BOOKKEEPING_STOP_S)
         self._heartbeat_stop.set()
         try:
             self.stores.workers.remove(self.name)
@@ -149,14 +149,7 @@ class WorkerRuntime:
     def _jobs_started(self, jobs: list[PendingJob], now: float) -> None:
         for job in jobs:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - job.enqueued_at))
-        self._bookkeeping.submit(self._mark_running, [job.job_id for job in jobs])
-
-    def _mark_running(self, job_ids: list[str]) -> None:
-        try:
-            self.stores.start_jobs(job_ids)
-        except redis.RedisError as error:
-            # Bookkeeping only; the jobs still run, and completing them (with retries) releases their reservations.
-            log.warning("could not mark %d jobs running: %s", len(job_ids), error)
+        self.bookkeeper.jobs_started([job.job_id for job in jobs])
 
     def _batch_done(self, record: BatchRecord) -> None:
         metrics.BATCH_TEXTS.observe(record.texts)
@@ -164,13 +157,7 @@ class WorkerRuntime:
         metrics.REAL_TOKENS.inc(record.tokens)
         metrics.COMPUTED_TOKENS.inc(record.computed_tokens)
         metrics.INFERENCE_SECONDS.observe(record.seconds)
-        self._bookkeeping.submit(self._log_batch, record.__dict__ | {"at": time.time(), "worker": self.name})
-
-    def _log_batch(self, batch: dict) -> None:
-        try:
-            self.stores.workers.record_batches([batch])
-        except redis.RedisError as error:
-            log.warning("could not record batch: %s", error)
+        self.bookkeeper.batch_done(record.__dict__ | {"at": time.time(), "worker": self.name})
 
     def run_jobs(self, jobs: list[QueuedJob]) -> dict[str, str]:
         """Score one message's jobs in shared batches; cache and complete each as soon as its batch ends.

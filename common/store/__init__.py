@@ -74,13 +74,17 @@ class Stores:
             self.jobs.finish(job_id, results, pipe)
         pipe.execute()
 
-    def start_jobs(self, job_ids: list[str]) -> None:
-        """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip."""
-        pipe = self.main.pipeline(transaction=False)
+    def start_jobs(self, job_ids: list[str], pipeline: redis.client.Pipeline | None = None) -> None:
+        """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip.
+
+        With ``pipeline``, only queue the commands there.
+        """
+        pipe = pipeline or self.main.pipeline(transaction=False)
         for job_id in job_ids:
             self.queue.release(job_id, pipe)
             self.jobs.mark_running(job_id, pipe)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
 
 
 def stores_from_settings(settings) -> Stores:

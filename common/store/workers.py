@@ -40,15 +40,16 @@ class WorkerRegistry:
         """Identity of the served model, or None before any worker has started."""
         return self.client.get(MODEL_KEY)
 
-    def record_batches(self, batches: Iterable[dict]) -> None:
-        """Append batch records, keeping the most recent ones."""
+    def record_batches(self, batches: Iterable[dict], pipeline: redis.client.Pipeline | None = None) -> None:
+        """Append batch records, keeping the most recent ones; with ``pipeline``, only queue the commands there."""
         encoded = [json.dumps(batch) for batch in batches]
         if not encoded:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = pipeline or self.client.pipeline(transaction=False)
         pipe.rpush(BATCHES_KEY, *encoded)
         pipe.ltrim(BATCHES_KEY, -BATCH_HISTORY, -1)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
 
     def recent_batches(self) -> list[dict]:
         """Recorded batches, oldest first (at most BATCH_HISTORY)."""

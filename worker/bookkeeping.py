@@ -1,0 +1,91 @@
+"""Redis writes a forward pass need not wait for: marking its jobs running and logging its batch.
+
+The batcher hands them over and goes on; one thread writes whatever has gathered, in one pipeline.
+Inline, the two round trips held each lone text's answer up (0.38-0.55 and 0.55-0.87 ms in a trace
+of 300 requests). A late "running" mark never undoes a job's end: it only moves queued jobs, and
+releasing a queue reservation twice does nothing.
+"""
+
+import logging
+import threading
+
+import redis
+
+from common.store.workers import BATCH_HISTORY
+from worker import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Bookkeeper:
+    """Marks jobs running and logs batches from a thread of its own, in the order they were handed over."""
+
+    def __init__(self, stores):
+        self.stores = stores
+        self._lock = threading.Lock()
+        self._started_job_ids: list[str] = []
+        self._batches: list[dict] = []
+        self._unwritten = 0  # handed over and not yet written (or given up on)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bookkeeping", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def jobs_started(self, job_ids: list[str]) -> None:
+        """Mark these jobs running and release their queue reservations, soon."""
+        with self._lock:
+            self._started_job_ids.extend(job_ids)
+            self._count(len(job_ids))
+        self._wake.set()
+
+    def batch_done(self, batch: dict) -> None:
+        """Append this batch to the batch log, soon."""
+        with self._lock:
+            self._batches.append(batch)
+            self._count(1)
+            # The log keeps only its last BATCH_HISTORY batches, so while Redis is away hold no more.
+            dropped = len(self._batches) - BATCH_HISTORY
+            if dropped > 0:
+                del self._batches[:dropped]
+                self._count(-dropped)
+        self._wake.set()
+
+    def stop(self, timeout_s: float) -> None:
+        """Write what is pending, then stop; give up after ``timeout_s`` (the writes are bookkeeping only)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _count(self, change: int) -> None:
+        self._unwritten += change
+        metrics.BOOKKEEPING_PENDING.set(self._unwritten)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            self._write_pending()
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            job_ids, self._started_job_ids = self._started_job_ids, []
+            batches, self._batches = self._batches, []
+        if not job_ids and not batches:
+            return
+        try:
+            pipe = self.stores.main.pipeline(transaction=False)
+            self.stores.start_jobs(job_ids, pipe)
+            self.stores.workers.record_batches(batches, pipe)
+            pipe.execute()
+        except redis.RedisError as error:
+            # Bookkeeping only: the jobs still run, and completing them (with retries) releases their reservations.
+            log.warning("could not mark %d jobs running or log %d batches: %s", len(job_ids), len(batches), error)
+        except Exception:
+            log.exception("bookkeeping write of %d jobs and %d batches failed", len(job_ids), len(batches))
+        finally:
+            with self._lock:
+                self._count(-(len(job_ids) + len(batches)))
