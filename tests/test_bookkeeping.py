@@ -2,21 +2,26 @@
 
 import logging
 
+import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from common.jobs import JobStatus
 from common.store import Stores
 from tests.support import wait_until
-from worker import metrics
 from worker.bookkeeping import Bookkeeper
 
 
 def pending() -> float:
-    return metrics.BOOKKEEPING_PENDING._value.get()
+    return REGISTRY.get_sample_value("sentiment_worker_bookkeeping_pending")
 
 
-def test_marks_jobs_running_releases_their_reservations_and_logs_batches(private_redis):
-    stores = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True))
+@pytest.fixture
+def stores(private_redis) -> Stores:
+    return Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True))
+
+
+def test_marks_jobs_running_releases_their_reservations_and_logs_batches(stores):
     stores.jobs.create("job-1", ["a text"], [None], deadline=1e12)
     assert stores.queue.reserve("job-1", 1, 100)
     bookkeeper = Bookkeeper(stores)
@@ -32,8 +37,7 @@ def test_marks_jobs_running_releases_their_reservations_and_logs_batches(private
     assert stores.workers.recent_batches() == [{"texts": 1, "at": 1.0, "worker": "w"}]
 
 
-def test_a_late_running_mark_does_not_undo_a_finished_job(private_redis):
-    stores = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True))
+def test_a_late_running_mark_does_not_undo_a_finished_job(stores):
     stores.jobs.create("job-1", ["a text"], [None], deadline=1e12)
     stores.jobs.finish("job-1", {"a text": [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]})
     bookkeeper = Bookkeeper(stores)
@@ -44,8 +48,7 @@ def test_a_late_running_mark_does_not_undo_a_finished_job(private_redis):
     assert stores.jobs.get("job-1").status == JobStatus.DONE
 
 
-def test_a_failed_write_is_logged_and_not_left_pending(private_redis, caplog):
-    stores = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True))
+def test_a_failed_write_is_logged_and_not_left_pending(stores, caplog):
     bookkeeper = Bookkeeper(stores)
     bookkeeper.start()
     with caplog.at_level(logging.ERROR, logger="worker.bookkeeping"):

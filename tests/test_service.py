@@ -43,6 +43,10 @@ def batches_since(store, since: float) -> list[dict]:
     return [batch for batch in store.workers.recent_batches() if batch["at"] >= since]
 
 
+def worker_metrics_url(service_env) -> str:
+    return f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics"
+
+
 @pytest.fixture
 def texts_computed_since(store, service_env):
     """Texts computed since a time, counted in the batch log once the worker's bookkeeping has written it.
@@ -50,7 +54,7 @@ def texts_computed_since(store, service_env):
     The worker hands a batch's log entry to its bookkeeping thread before it hands out the batch's
     answers, and writes it a moment later; once nothing is pending there, the log is complete.
     """
-    metrics_url = f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics"
+    metrics_url = worker_metrics_url(service_env)
 
     def count(since: float) -> int:
         wait_until(
@@ -258,7 +262,7 @@ def test_a_redelivered_job_that_already_ended_is_skipped(
     job_id, now = new_job_id(), time.time()
     store.jobs.create(job_id, texts, [None], now + 60)
     store.jobs.finish(job_id, {texts[0]: [{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]})
-    metrics_url = f"http://127.0.0.1:{service_env['WORKER_METRICS_PORT']}/metrics"
+    metrics_url = worker_metrics_url(service_env)
     skipped_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped")
     since = wait_for_an_idle_worker(store, redis_client)
     redelivery = QueuedJob(job_id, texts, now + 60, now).to_message()

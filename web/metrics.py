@@ -22,6 +22,8 @@ REQUEST_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# The method labels REQUESTS keeps; any other method token counts as "other".
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 CACHE_LOOKUPS = Counter("sentiment_cache_lookups_total", "Texts looked up in the cache, by result (hit, miss).", ["result"])
 ANSWERS = Counter("sentiment_predict_answers_total", "POST /predict answers, by kind (cached, sync, async, failed).", ["kind"])
 JOB_WAIT_SECONDS = Histogram(
@@ -48,9 +50,6 @@ def count_cache_lookups(hits: int, misses: int) -> None:
         CACHE_HITS.inc(hits)
     if misses:
         CACHE_MISSES.inc(misses)
-
-
-STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 class QueueCollector:
