@@ -142,12 +142,11 @@ def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: f
     settings = services.settings
     missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
     job_id = new_job_id()
-    if not services.stores.queue.reserve(job_id, len(missing), settings.max_queued_texts):
-        return QueueFull(len(missing), settings.max_queued_texts)
     now = time.time()
     deadline = now + (deadline_s or settings.job_deadline_s)
     try:
-        services.stores.jobs.create(job_id, texts, known, deadline)
+        if not services.stores.enqueue_job(job_id, texts, known, deadline, len(missing), settings.max_queued_texts):
+            return QueueFull(len(missing), settings.max_queued_texts)
         services.dispatcher.send(QueuedJob(job_id, missing, deadline, now))
     except Exception:
         with contextlib.suppress(*UNAVAILABLE_ERRORS):

@@ -8,11 +8,12 @@
 - ``idempotency``:  Idempotency-Key claims of POST /predict and POST /jobs
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
-from common.store.backpressure import QueueBudget
+from common.store.backpressure import QueueBudget, reserved
 from common.store.bulk import BulkJobs
 from common.store.cache import PredictionCache
 from common.store.idempotency import IdempotencyKeys
@@ -53,6 +54,28 @@ class Stores:
             bulk=BulkJobs(main, job_ttl_s),
             idempotency=IdempotencyKeys(main, job_ttl_s),
         )
+
+    def enqueue_job(
+        self,
+        job_id: str,
+        texts: Sequence[str],
+        known: Sequence[list | None],
+        deadline: float,
+        new_texts: int,
+        max_queued_texts: int,
+    ) -> bool:
+        """Reserve room for a job's ``new_texts`` and store its record, in one round trip (a transaction).
+
+        False, with nothing kept, when the queue has no room. The record of a refused job exists
+        only until the one more round trip that removes it; nobody knows its id meanwhile.
+        """
+        pipe = self.main.pipeline(transaction=True)
+        self.queue.reserve(job_id, new_texts, max_queued_texts, pipe)
+        self.jobs.create(job_id, texts, known, deadline, pipe)
+        if reserved(pipe.execute()[0]):
+            return True
+        self.jobs.discard(job_id)
+        return False
 
     def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
         """Cache the jobs' results, then mark each done, release its queue reservation and wake its waiter.

@@ -8,6 +8,7 @@ failed); also when it never got enqueued.
 import redis
 
 from common.store.keys import QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY
+from common.store.scripts import run_script
 
 # Reserve room for a job's texts only while the queue stays under its bound; -1 means full.
 _RESERVE_SCRIPT = """
@@ -34,6 +35,11 @@ return tonumber(texts)
 """
 
 
+def reserved(reply) -> bool:
+    """Whether the reservation script's reply means the room was granted."""
+    return int(reply) >= 0
+
+
 class QueueBudget:
     """Counts the texts of jobs that are queued but not yet in a batch."""
 
@@ -42,13 +48,19 @@ class QueueBudget:
         self._reserve = client.register_script(_RESERVE_SCRIPT)
         self._release = client.register_script(_RELEASE_SCRIPT)
 
-    def reserve(self, job_id: str, texts: int, max_queued_texts: int) -> bool:
-        """Count a job's texts as queued unless that would pass the bound."""
-        return int(self._reserve(keys=[QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], args=[job_id, texts, max_queued_texts])) >= 0
+    def reserve(self, job_id: str, texts: int, max_queued_texts: int, pipeline: redis.client.Pipeline | None = None) -> bool:
+        """Count a job's texts as queued unless that would pass the bound.
+
+        With ``pipeline``, only queue the command there; ``reserved`` reads its reply.
+        """
+        reply = run_script(
+            self._reserve, [QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], [job_id, texts, max_queued_texts], pipeline or self.client
+        )
+        return pipeline is not None or reserved(reply)
 
     def release(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
         """Stop counting a job's texts as queued; with ``pipeline``, only queue the command there."""
-        self._release(keys=[QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], args=[job_id], client=pipeline or self.client)
+        run_script(self._release, [QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], [job_id], pipeline or self.client)
 
     def queued_texts(self) -> int:
         """Texts waiting for a batch."""

@@ -16,6 +16,7 @@ import redis
 
 from common.jobs import JobError, JobStatus
 from common.store.keys import done_key, job_key
+from common.store.scripts import run_script
 
 # queued -> running, and nothing else: a redelivered job that already ended stays ended.
 _MARK_RUNNING_SCRIPT = """
@@ -66,9 +67,19 @@ class JobRecords:
         self._mark_running = client.register_script(_MARK_RUNNING_SCRIPT)
         self._end = client.register_script(_END_SCRIPT)
 
-    def create(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> None:
-        """Store a queued job: the request's texts in order, with the predictions already known."""
-        pipe = self.client.pipeline(transaction=True)
+    def create(
+        self,
+        job_id: str,
+        texts: Sequence[str],
+        known: Sequence[list | None],
+        deadline: float,
+        pipeline: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Store a queued job: the request's texts in order, with the predictions already known.
+
+        With ``pipeline`` (a transaction, so the record never lacks its TTL), only queue the commands there.
+        """
+        pipe = pipeline or self.client.pipeline(transaction=True)
         pipe.hset(
             job_key(job_id),
             mapping={
@@ -80,7 +91,12 @@ class JobRecords:
             },
         )
         pipe.expire(job_key(job_id), self.ttl_s)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
+
+    def discard(self, job_id: str) -> None:
+        """Remove the record of a job that was never enqueued."""
+        self.client.delete(job_key(job_id))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""
@@ -109,8 +125,8 @@ class JobRecords:
 
     def mark_running(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
         """Move a queued job to running; with ``pipeline``, only queue the command there."""
-        self._mark_running(
-            keys=[job_key(job_id)], args=[JobStatus.QUEUED.value, JobStatus.RUNNING.value], client=pipeline or self.client
+        run_script(
+            self._mark_running, [job_key(job_id)], [JobStatus.QUEUED.value, JobStatus.RUNNING.value], pipeline or self.client
         )
 
     def finish(self, job_id: str, results: dict[str, list], pipeline: redis.client.Pipeline | None = None) -> None:
@@ -122,10 +138,11 @@ class JobRecords:
         self._end_job(job_id, JobStatus.FAILED, JobError(reason).value, "")
 
     def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str, pipeline=None) -> None:
-        self._end(
-            keys=[job_key(job_id), done_key(job_id)],
-            args=[final_status.value, error_code, results, self.ttl_s, JobStatus.DONE.value, JobStatus.FAILED.value],
-            client=pipeline or self.client,
+        run_script(
+            self._end,
+            [job_key(job_id), done_key(job_id)],
+            [final_status.value, error_code, results, self.ttl_s, JobStatus.DONE.value, JobStatus.FAILED.value],
+            pipeline or self.client,
         )
 
     def wait_for_results(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> dict[str, list] | None:
