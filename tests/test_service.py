@@ -3,6 +3,7 @@
 import math
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -253,6 +254,21 @@ def test_a_separate_cache_server_holds_the_predictions_and_answers_repeats(servi
         cache.close()
 
 
+def redeliver(settings, redis_client, task_name: str, args: list) -> None:
+    """Hand the worker a message as the broker hands one out again, marked redelivered.
+
+    The message is published to a queue no worker reads, taken without an ack and rejected with
+    requeue, which puts it back the way kombu restores every unacked message (a dead worker's,
+    or one past its visibility timeout); then it is moved to the worker's queue.
+    """
+    parking = f"redelivery-{uuid.uuid4().hex}"
+    app = create_celery(settings)
+    app.send_task(task_name, args=args, queue=parking)
+    with app.connection_for_read() as connection, connection.SimpleQueue(parking) as queue:
+        queue.get(timeout=10).reject(requeue=True)
+    assert redis_client.rpoplpush(parking, settings.queue_name) is not None
+
+
 def test_a_redelivered_job_that_already_ended_is_skipped(
     worker, redis_client, store, settings, service_env, unique, texts_computed_since
 ):
@@ -265,8 +281,7 @@ def test_a_redelivered_job_that_already_ended_is_skipped(
     metrics_url = worker_metrics_url(service_env)
     skipped_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped")
     since = wait_for_an_idle_worker(store, redis_client)
-    redelivery = QueuedJob(job_id, texts, now + 60, now).to_message()
-    create_celery(settings).send_task(PREDICT_JOBS_TASK, args=[[redelivery]])
+    redeliver(settings, redis_client, PREDICT_JOBS_TASK, [[QueuedJob(job_id, texts, now + 60, now).to_message()]])
     wait_until(
         lambda: total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped") > skipped_before,
         30,

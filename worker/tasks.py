@@ -5,6 +5,11 @@ from common.jobs import QueuedJob
 from worker import webhooks
 
 
+def redelivered(task) -> bool:
+    """Whether the broker handed this message out before (kombu marks every message it restores)."""
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
 def register_tasks(celery_app, runtime) -> None:
     """Register the predict and webhook tasks on ``celery_app``, bound to this process's runtime."""
 
@@ -12,17 +17,17 @@ def register_tasks(celery_app, runtime) -> None:
     def deliver_webhook(job_id: str, attempt: int = 0) -> str:
         return webhooks.deliver(runtime.settings, runtime.stores, celery_app, job_id, attempt)
 
-    @celery_app.task(name=PREDICT_JOBS_TASK)
-    def predict_jobs(jobs: list[dict]) -> dict[str, str]:
+    @celery_app.task(name=PREDICT_JOBS_TASK, bind=True)
+    def predict_jobs(task, jobs: list[dict]) -> dict[str, str]:
         try:
-            return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs])
+            return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs], redelivered(task))
         finally:
             runtime.recycle_if_too_big()
 
     # Web processes of the previous release send one job per message; keep serving them during a rollout.
-    @celery_app.task(name=PREDICT_TASK)
-    def predict(job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
+    @celery_app.task(name=PREDICT_TASK, bind=True)
+    def predict(task, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
         try:
-            return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)])[job_id]
+            return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)], redelivered(task))[job_id]
         finally:
             runtime.recycle_if_too_big()
