@@ -290,3 +290,26 @@ def test_a_redelivered_job_that_already_ended_is_skipped(
     assert texts_computed_since(since) == 0
     assert redis_client.llen(done_key(job_id)) == 1, "the job was ended a second time"
     assert store.jobs.get(job_id).predictions[0][0] == {"label": "POSITIVE", "score": 0.6}
+
+
+def test_a_job_that_already_ended_is_never_ended_twice_even_from_an_unmarked_message(
+    worker, redis_client, store, settings, service_env, unique
+):
+    # As when a publish is retried after its reply was lost: a second, unmarked message for the
+    # same job. The worker computes it (it reads statuses only for redelivered messages), but
+    # ending the job again changes nothing: no second wake-up, the first results stay.
+    texts = [unique("ended before its duplicate message")]
+    job_id, now = new_job_id(), time.time()
+    first = [{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]
+    store.jobs.create(job_id, texts, [None], now + 60)
+    store.jobs.finish(job_id, {texts[0]: first})
+    metrics_url = worker_metrics_url(service_env)
+    done_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="done")
+    create_celery(settings).send_task(PREDICT_JOBS_TASK, args=[[QueuedJob(job_id, texts, now + 60, now).to_message()]])
+    wait_until(
+        lambda: total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="done") > done_before,
+        30,
+        "the worker to run the duplicate message",
+    )
+    assert redis_client.llen(done_key(job_id)) == 1, "the job was ended a second time"
+    assert store.jobs.get(job_id).predictions[0][0] == first[0]

@@ -165,9 +165,11 @@ class WorkerRuntime:
         Answers each job's outcome (done, expired, failed, skipped). If inference failed, the other
         jobs still end first, then the error is raised so Celery logs it.
 
-        Only a ``redelivered`` message can hold jobs that already ended (a worker died between
-        completing them and acking), so only then are their statuses read first, to skip those;
-        the read cost each lone text 0.2-0.3 ms. A job that ended anyway is never ended twice.
+        A ``redelivered`` message (a worker died between completing its jobs and acking, or it
+        passed its visibility timeout) may hold jobs that already ended, so only then are their
+        statuses read first, to skip those; the read cost each lone text 0.2-0.3 ms. An unmarked
+        copy (a publish retried after its reply was lost) is computed again, but a job that
+        ended is never ended twice: the end script leaves it alone.
         """
         retries = RedisRetries(self.settings.visibility_timeout_s)
         if redelivered:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from common.store.backpressure import QueueBudget, reserved
+from common.store.backpressure import QueueBudget
 from common.store.bulk import BulkJobs
 from common.store.cache import PredictionCache
 from common.store.idempotency import IdempotencyKeys
@@ -64,18 +64,11 @@ class Stores:
         new_texts: int,
         max_queued_texts: int,
     ) -> bool:
-        """Reserve room for a job's ``new_texts`` and store its record, in one round trip (a transaction).
+        """Reserve room for a job's ``new_texts`` and, only when granted, store its record: one round trip.
 
-        False, with nothing kept, when the queue has no room. The record of a refused job exists
-        only until the one more round trip that removes it; nobody knows its id meanwhile.
+        False, with nothing written, when the queue has no room.
         """
-        pipe = self.main.pipeline(transaction=True)
-        self.queue.reserve(job_id, new_texts, max_queued_texts, pipe)
-        self.jobs.create(job_id, texts, known, deadline, pipe)
-        if reserved(pipe.execute()[0]):
-            return True
-        self.jobs.discard(job_id)
-        return False
+        return self.queue.reserve(job_id, new_texts, max_queued_texts, self.jobs.new_record(job_id, texts, known, deadline))
 
     def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
         """Cache the jobs' results, then mark each done, release its queue reservation and wake its waiter.

@@ -7,17 +7,26 @@ failed); also when it never got enqueued.
 
 import redis
 
+from common.store.jobs import JobRecordWrite
 from common.store.keys import QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY
 from common.store.scripts import run_script
 
-# Reserve room for a job's texts only while the queue stays under its bound; -1 means full.
+# Reserve room for a job's texts only while the queue stays under its bound; -1 means full. Given
+# a record key (KEYS[3]), also store the job's record (ARGV[5..]: field, value, ...; TTL ARGV[4]),
+# only when the room was granted, so a refused job writes nothing. Reserving a job again (a
+# transaction that redis-py re-sent after losing its reply) grants it again without counting twice.
 _RESERVE_SCRIPT = """
-local reservations, queued_total = KEYS[1], KEYS[2]
+local reservations, queued_total, record = KEYS[1], KEYS[2], KEYS[3]
 local job_id, texts, max_queued_texts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local queued = tonumber(redis.call('GET', queued_total) or '0')
-if queued + texts > max_queued_texts then return -1 end
-if redis.call('HSETNX', reservations, job_id, texts) == 1 then
-  return redis.call('INCRBY', queued_total, texts)
+if redis.call('HEXISTS', reservations, job_id) == 0 then
+  if queued + texts > max_queued_texts then return -1 end
+  redis.call('HSET', reservations, job_id, texts)
+  queued = redis.call('INCRBY', queued_total, texts)
+end
+if record then
+  redis.call('HSET', record, unpack(ARGV, 5))
+  redis.call('EXPIRE', record, ARGV[4])
 end
 return queued
 """
@@ -35,11 +44,6 @@ return tonumber(texts)
 """
 
 
-def reserved(reply) -> bool:
-    """Whether the reservation script's reply means the room was granted."""
-    return int(reply) >= 0
-
-
 class QueueBudget:
     """Counts the texts of jobs that are queued but not yet in a batch."""
 
@@ -48,15 +52,16 @@ class QueueBudget:
         self._reserve = client.register_script(_RESERVE_SCRIPT)
         self._release = client.register_script(_RELEASE_SCRIPT)
 
-    def reserve(self, job_id: str, texts: int, max_queued_texts: int, pipeline: redis.client.Pipeline | None = None) -> bool:
-        """Count a job's texts as queued unless that would pass the bound.
+    def reserve(self, job_id: str, texts: int, max_queued_texts: int, record: JobRecordWrite | None = None) -> bool:
+        """Count a job's texts as queued unless that would pass the bound; then also store ``record``.
 
-        With ``pipeline``, only queue the command there; ``reserved`` reads its reply.
+        One round trip either way; a refused job writes nothing.
         """
-        reply = run_script(
-            self._reserve, [QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], [job_id, texts, max_queued_texts], pipeline or self.client
-        )
-        return pipeline is not None or reserved(reply)
+        keys, args = [QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], [job_id, texts, max_queued_texts]
+        if record is not None:
+            keys.append(record.key)
+            args += [record.ttl_s, *(item for field in record.fields.items() for item in field)]
+        return int(self._reserve(keys=keys, args=args)) >= 0
 
     def release(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
         """Stop counting a job's texts as queued; with ``pipeline``, only queue the command there."""

@@ -58,6 +58,15 @@ class JobRecord:
     error: JobError | None
 
 
+@dataclass(frozen=True)
+class JobRecordWrite:
+    """A job record to write: its key, its fields and its TTL."""
+
+    key: str
+    fields: dict
+    ttl_s: int
+
+
 class JobRecords:
     """Create, read, start, finish and fail job records, and wait for them to end."""
 
@@ -67,36 +76,24 @@ class JobRecords:
         self._mark_running = client.register_script(_MARK_RUNNING_SCRIPT)
         self._end = client.register_script(_END_SCRIPT)
 
-    def create(
-        self,
-        job_id: str,
-        texts: Sequence[str],
-        known: Sequence[list | None],
-        deadline: float,
-        pipeline: redis.client.Pipeline | None = None,
-    ) -> None:
-        """Store a queued job: the request's texts in order, with the predictions already known.
+    def create(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> None:
+        """Store a queued job: the request's texts in order, with the predictions already known."""
+        record = self.new_record(job_id, texts, known, deadline)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(record.key, mapping=record.fields)
+        pipe.expire(record.key, record.ttl_s)
+        pipe.execute()
 
-        With ``pipeline`` (a transaction, so the record never lacks its TTL), only queue the commands there.
-        """
-        pipe = pipeline or self.client.pipeline(transaction=True)
-        pipe.hset(
-            job_key(job_id),
-            mapping={
-                "status": JobStatus.QUEUED.value,
-                "texts": json.dumps(list(texts)),
-                "predictions": json.dumps(list(known)),
-                "deadline": deadline,
-                "created_at": time.time(),
-            },
-        )
-        pipe.expire(job_key(job_id), self.ttl_s)
-        if pipeline is None:
-            pipe.execute()
-
-    def discard(self, job_id: str) -> None:
-        """Remove the record of a job that was never enqueued."""
-        self.client.delete(job_key(job_id))
+    def new_record(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> JobRecordWrite:
+        """What ``create`` writes for a queued job, for a caller that writes it with other commands."""
+        fields = {
+            "status": JobStatus.QUEUED.value,
+            "texts": json.dumps(list(texts)),
+            "predictions": json.dumps(list(known)),
+            "deadline": deadline,
+            "created_at": time.time(),
+        }
+        return JobRecordWrite(job_key(job_id), fields, self.ttl_s)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""
