@@ -13,8 +13,8 @@ from common.store.scripts import run_script
 
 # Reserve room for a job's texts only while the queue stays under its bound; -1 means full. Given
 # a record key (KEYS[3]), also store the job's record (ARGV[5..]: field, value, ...; TTL ARGV[4]),
-# only when the room was granted, so a refused job writes nothing. Reserving a job again (a
-# transaction that redis-py re-sent after losing its reply) grants it again without counting twice.
+# only when the room was granted, so a refused job writes nothing. Reserving a job again (the
+# script re-sent by redis-py after it lost the reply) grants it again without counting twice.
 _RESERVE_SCRIPT = """
 local reservations, queued_total, record = KEYS[1], KEYS[2], KEYS[3]
 local job_id, texts, max_queued_texts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -60,7 +60,7 @@ class QueueBudget:
         keys, args = [QUEUED_JOBS_KEY, QUEUED_TEXTS_KEY], [job_id, texts, max_queued_texts]
         if record is not None:
             keys.append(record.key)
-            args += [record.ttl_s, *(item for field in record.fields.items() for item in field)]
+            args += [record.ttl_s, *(item for pair in record.fields.items() for item in pair)]
         return int(self._reserve(keys=keys, args=args)) >= 0
 
     def release(self, job_id: str, pipeline: redis.client.Pipeline | None = None) -> None:
