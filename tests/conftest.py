@@ -9,6 +9,7 @@ import redis
 
 from common.settings import Settings
 from stack import RedisServer, free_port, start_web, start_worker
+from stack.front_door import FrontDoor
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +69,16 @@ def web_url(service_env, worker):
     process = start_web(service_env, port)
     yield f"http://127.0.0.1:{port}"
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def public_port(web_url, service_env) -> int:
+    """The public port: nginx, configured as `make run` and compose configure it, in front of the session's gunicorn."""
+    settings = Settings.from_env(environ=service_env)
+    door = FrontDoor(free_port(), web_url.removeprefix("http://"), settings.max_body_bytes, settings.max_job_body_bytes)
+    door.wait_until_listening()
+    yield door.port
+    door.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Deployment files: what linters cannot check (KEDA fields, compose policy, hardened pods)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import yaml
 
 from common.settings import Settings
 from tests.support import REPO
+from web.errors import APIError, subclasses
 from web.security import is_open_path
 
 # KEDA ScaledObject fields (keda.sh/v1alpha1), from KEDA's documentation: ScaledObject spec and the metrics-api scaler.
@@ -97,6 +99,8 @@ def test_every_redis_server_and_client_pod_uses_the_password_secret(manifests):
     password_file = config["data"]["REDIS_PASSWORD_FILE"]
     for workload in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet"):
         pod = workload["spec"]["template"]["spec"]
+        if "redis" not in json.dumps(pod):  # the ingress's error pages talk to no Redis
+            continue
         secret_volumes = {v["name"] for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == REDIS_SECRET}
         assert secret_volumes, f"{workload['metadata']['name']} does not mount the Secret {REDIS_SECRET}"
         for container in pod["containers"] + pod.get("initContainers", []):
@@ -201,7 +205,10 @@ def test_pods_are_hardened(manifests):
 
 
 def test_service_pods_wait_for_redis_and_have_probes(manifests):
+    service_deployments = ("sentiment-web", "sentiment-worker")
     for deployment in of_kind(manifests, "Deployment"):
+        if deployment["metadata"]["name"] not in service_deployments:
+            continue
         pod = deployment["spec"]["template"]["spec"]
         assert [c["name"] for c in pod["initContainers"]] == ["wait-for-redis"]
         (container,) = pod["containers"]
@@ -240,6 +247,30 @@ def test_prod_ingress_buffers_requests_and_bounds_slow_clients():
                 body_limits[path["path"]] = annotations[nginx + "proxy-body-size"]
     assert body_limits.pop("/jobs") == f"{Settings().max_job_body_bytes // 1024 // 1024}m"
     assert set(body_limits.values()) == {f"{Settings().max_body_bytes // 1024 // 1024}m"}
+
+
+def test_prod_ingress_sends_the_controllers_own_errors_to_a_json_error_backend():
+    """The controller's own refusals go to web.error_pages; codes the web pods answer themselves stay theirs."""
+    from web.error_pages import FRONT_DOOR_ERRORS, SAME_AS
+
+    manifests = render("prod")
+    nginx = "nginx.ingress.kubernetes.io/"
+    app_codes = {cls.status for cls in subclasses(APIError) if isinstance(cls.status, int)}
+    for ingress in of_kind(manifests, "Ingress"):
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations[nginx + "default-backend"] == "sentiment-error-pages"
+        codes = {int(code) for code in annotations[nginx + "custom-http-errors"].split(",")}
+        # 413 alone is both: the error backend answers it exactly as the web pods would (the same limits).
+        assert codes & app_codes <= {413}, f"{codes & app_codes} would replace the web pods' own JSON errors"
+        assert codes <= set(FRONT_DOOR_ERRORS) | set(SAME_AS)
+    (deployment,) = [d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == "sentiment-error-pages"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("sentimentacr.azurecr.io/sentiment-web:")
+    assert "web.error_pages:create_app()" in container["command"]
+    assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(container)
+    ingress_controller = ("app-routing-system", {"app": "nginx"})
+    assert ingress_allowed(manifests, "sentiment-error-pages", 8080, *ingress_controller)
+    assert not ingress_allowed(manifests, "sentiment-error-pages", 8080, "sentiment", {"app": "anything-else"})
 
 
 def test_dev_runs_one_replica_of_local_images():

@@ -4,6 +4,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,9 +15,10 @@ import time
 import pytest
 
 from bench import slow_clients
-from stack import free_port, http_status, start_web, wait_until
+from common.settings import Settings
+from stack import REPO, free_port, http_status, start_web, wait_until
 from stack.front_door import FrontDoor
-from tests.support import REPO
+from web.error_pages import FRONT_DOOR_ERRORS, error_page
 
 # From the template: requests in progress per client address, client_header_timeout and client_body_timeout.
 PER_ADDRESS_LIMIT = 128
@@ -110,6 +112,75 @@ def test_front_door_refusals_use_the_service_error_shape(web_url):
     }
 
 
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as bytes, exactly as written; (status, headers, body) of the answer, read until nginx closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer_complete(answer):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+def answer_complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+HOST = b"Host: sentiment.test\r\n"
+# What nginx answers itself, before any route: a malformed or unsupported request, each with its status.
+MALFORMED_REQUESTS = {
+    "encoded dots above the root": (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "a bad percent escape": (b"GET /predict%zz HTTP/1.1\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "plain dots above the root": (b"GET /../../etc/passwd HTTP/1.1\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "a garbage request line": (b"\x01\x02garbage\r\n\r\n", 400, "bad_request"),
+    "a lower-case method": (b"get /health HTTP/1.1\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "CONNECT": (b"CONNECT sentiment.test:443 HTTP/1.1\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "TRACE": (b"TRACE /predict HTTP/1.1\r\n" + HOST + b"\r\n", 405, "method_not_allowed"),
+    "a 20,000-byte URI": (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n" + HOST + b"\r\n", 414, "uri_too_long"),
+    "a 40 KB header": (b"GET /health HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431, "headers_too_large"),
+    "an HTTP/2.0 request line": (b"GET /health HTTP/2.0\r\n" + HOST + b"\r\n", 505, "http_version_not_supported"),
+    "Transfer-Encoding: gzip": (
+        b"POST /predict HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\n",
+        501,
+        "not_implemented",
+    ),
+    "/metrics on the public port": (b"GET /metrics HTTP/1.1\r\n" + HOST + b"\r\n", 404, "not_found"),
+    "the error pages' own path": (b"GET /__front_door/400 HTTP/1.1\r\n" + HOST + b"\r\n", 404, "not_found"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED_REQUESTS)
+def test_every_refusal_the_front_door_makes_itself_is_json(public_port, name):
+    request, expected_status, expected_code = MALFORMED_REQUESTS[name]
+    status, headers, body = raw_exchange(public_port, request)
+    assert (status, headers.get("Content-Type")) == (expected_status, "application/json"), (headers, body[:300])
+    assert headers["Server"] == "nginx"  # answered by the front door, not passed on
+    payload = json.loads(body)
+    assert set(payload) == {"error", "message", "details"} and payload["error"] == expected_code, payload
+    if status == 405:
+        assert "GET" in headers["Allow"] and "TRACE" not in headers["Allow"]
+
+
+def test_requests_nginx_accepts_never_meet_gunicorns_own_html_limits(public_port):
+    """150 headers, or a 7,000-byte request line: under nginx's limits, so gunicorn must take them too (not its HTML 431/400)."""
+    many_headers = b"".join(b"X-Header-%d: v\r\n" % number for number in range(150))
+    status, headers, body = raw_exchange(public_port, b"GET /health HTTP/1.1\r\n" + HOST + many_headers + b"\r\n")
+    assert (status, json.loads(body)) == (200, {"status": "ok"}), body[:300]
+    long_path = b"/jobs/" + b"0" * 7000
+    status, headers, body = raw_exchange(public_port, b"GET " + long_path + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert (status, json.loads(body)["error"]) == (404, "not_found"), body[:300]
+
+
 def seconds_until_dropped(port: int, stalled_request: bytes, give_up_s: float) -> float:
     """Send a request that stalls part way; seconds until nginx drops it, having answered nothing."""
     with socket.create_connection(("127.0.0.1", port), timeout=give_up_s) as stalled:
@@ -185,3 +256,38 @@ def test_rate_limits_see_each_client_through_the_front_door(service_env, private
     finally:
         door.close()
         web.stop()
+
+
+def test_the_front_door_and_the_ingress_error_backend_answer_alike():
+    """Every error page of the nginx template is web.error_pages' own, so make run, compose and k8s agree."""
+    template = (REPO / "deploy" / "nginx" / "front-door.conf.template").read_text()
+    pages = re.findall(r"location = /__front_door/(\d+)(-jobs)? \{[^}]*?return \d+ '(\{.*?\})';", template, re.DOTALL)
+    assert {int(status) for status, _, _ in pages} == set(FRONT_DOOR_ERRORS)
+    settings = Settings()
+    for status, jobs, body in pages:
+        rendered = body.replace("${MAX_BODY_BYTES}", str(settings.max_body_bytes))
+        rendered = rendered.replace("${MAX_JOB_BODY_BYTES}", str(settings.max_job_body_bytes))
+        expected_status, headers, expected = error_page(int(status), "/jobs" if jobs else "/predict", settings)
+        assert (expected_status, json.loads(rendered)) == (int(status), json.loads(expected)), status + jobs
+    status, headers, body = error_page(494, "/jobs", settings)
+    assert status == 431 and headers["Content-Type"] == "application/json"
+    assert error_page(413, "/jobs", settings)[2] == json.dumps(
+        {"error": "payload_too_large", "message": f"request body is over the limit of {settings.max_job_body_bytes} bytes"
+         " (MAX_JOB_BODY_BYTES)", "details": {"limit_bytes": settings.max_job_body_bytes}}
+    ).encode()  # fmt: skip
+    assert error_page(405, "/predict", settings)[1]["Allow"] == "GET, HEAD, POST, DELETE, OPTIONS"
+
+
+def test_the_ingress_error_backend_answers_the_code_it_is_handed_in_json():
+    from werkzeug.test import Client
+
+    from web.error_pages import create_app
+
+    client = Client(create_app(Settings()))
+    unreachable = client.get("/", headers={"X-Code": "502", "X-Original-URI": "/predict"})
+    assert (unreachable.status_code, unreachable.headers["Retry-After"]) == (503, "1")
+    assert unreachable.json["error"] == "unavailable" and unreachable.content_type == "application/json"
+    too_big = client.get("/", headers={"X-Code": "413", "X-Original-URI": "/jobs"})
+    assert too_big.status_code == 413 and too_big.json["details"] == {"limit_bytes": Settings().max_job_body_bytes}
+    assert client.get("/", headers={"X-Code": "418"}).status_code == 400  # an unknown 4xx: a generic 400
+    assert client.get("/healthz").status_code == 200

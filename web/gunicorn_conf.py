@@ -29,6 +29,11 @@ threads = settings.web_threads
 # the idle timeout of the proxies in front (the front door's 20 s, ingress-nginx's 60 s), so the proxy
 # always closes an idle connection first and never sends a request on one gunicorn is closing (a 502).
 keepalive = 75
+# Above the front door's limits (a line of 8 KiB, 32 KiB of headers: as many as 6,500 short ones), so a
+# request nginx accepts never meets gunicorn's own HTML 400/431 pages; nginx answers the rest in JSON.
+limit_request_line = 0  # unlimited
+limit_request_fields = 32768  # gunicorn's most
+limit_request_field_size = 16384
 timeout = 60
 graceful_timeout = 30
 accesslog = settings.access_log or None
