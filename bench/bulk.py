@@ -25,7 +25,7 @@ import redis
 
 from bench.run import ceiling, k6_figures, run_k6
 from common.settings import Settings
-from common.store.bulk import job_keys
+from common.store.keys import bulk_job_keys
 from model.core import default_threads
 from model_tools import default_model
 from model_tools.sst2 import read_split
@@ -87,7 +87,7 @@ def main() -> None:
         texts = tagged(sentences, args.texts, 1)
         started = time.perf_counter()
         job_id = request(f"{web}/jobs", {"text": texts})["job_id"]
-        texts_bytes = memory_usage(client, [job_keys(job_id)[1]])
+        texts_bytes = memory_usage(client, [bulk_job_keys(job_id)[1]])
 
         def ended():
             view = request(f"{web}/jobs/{job_id}")
@@ -95,7 +95,7 @@ def main() -> None:
 
         final = wait_until(ended, 3600, "the bulk job", interval_s=0.2)
         seconds = time.perf_counter() - started
-        results_bytes = memory_usage(client, job_keys(job_id))
+        results_bytes = memory_usage(client, bulk_job_keys(job_id))
         report["bulk_alone"] = {
             "status": final["status"],
             "seconds": seconds,

@@ -11,7 +11,10 @@ Ctrl-C leaves the job running and <out>.job.json behind: the same command again 
 from where it stopped. A rerun on the same file within the service's JOB_TTL_S also reuses the job
 (an Idempotency-Key derived from the file), so nothing is scored twice.
 
---url (default: $SENTIMENT_URL, else http://127.0.0.1:8000) and --api-key select the service.
+--url (default: $SENTIMENT_URL, else http://127.0.0.1:8000) and --api-key select the service. The
+key is sent to that origin only: a redirect to another host is refused, not followed. A written cell
+that a spreadsheet would run as a formula (it starts with =, +, -, @, a tab or a carriage return,
+and is not a number) gets a leading apostrophe.
 """
 
 import argparse
@@ -22,32 +25,70 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 PAGE = 1000
 POLL_S = 1.0
 BAR_WIDTH = 30
+# Most bytes read from one answer: a page of PAGE results is about 100 KB; an error is a few hundred bytes.
+MAX_ANSWER_BYTES = 16 * 2**20
+MAX_ERROR_BYTES = 64 * 1024
+# What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection advice).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ServiceError(RuntimeError):
     pass
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the origin the CLI was given (or to https on the same host):
+    the X-API-Key must never reach another host."""
+
+    def redirect_request(self, request, fp, code, message, headers, new_url):
+        given, target = origin(request.full_url), origin(new_url)
+        if target != given and not (target[0] == "https" and target[1] == given[1]):
+            raise ServiceError(f"refusing a redirect from {given[1]} to another host, {target[1]}: the API key goes nowhere else")
+        return super().redirect_request(request, fp, code, message, headers, new_url)
+
+
 class Service:
     def __init__(self, url: str, api_key: str | None):
         self.url = url.rstrip("/")
         self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.opener = urllib.request.build_opener(SameOriginRedirects)
 
     def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> dict:
         request = urllib.request.Request(self.url + path, data=body, method=method, headers={**self.headers, **(headers or {})})
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return json.loads(response.read())
+            with self.opener.open(request, timeout=120) as response:
+                answer = response.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as error:
-            raise ServiceError(f"{method} {path}: HTTP {error.code} {error.read().decode(errors='replace')}") from None
+            detail = error.read(MAX_ERROR_BYTES).decode(errors="replace")
+            raise ServiceError(f"{method} {path}: HTTP {error.code} {detail}") from None
         except urllib.error.URLError as error:
             raise ServiceError(f"cannot reach {self.url}: {error.reason}") from None
+        if len(answer) > MAX_ANSWER_BYTES:
+            raise ServiceError(f"{method} {path}: the answer is over {MAX_ANSWER_BYTES} bytes")
+        return json.loads(answer)
+
+
+def spreadsheet_safe(value):
+    """``value``, with a leading apostrophe if a spreadsheet would run it as a formula."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_PREFIXES):
+        return value
+    try:
+        float(value)
+        return value  # a negative number, not a formula
+    except ValueError:
+        return "'" + value
 
 
 def read_rows(path: Path, column: str) -> tuple[list[str], list[dict]]:
@@ -129,7 +170,8 @@ def score(args) -> int:
                             break
                         row = rows[state["written"] + ready]
                         top = prediction[0] if prediction else {"label": "", "score": ""}
-                        writer.writerow({**row, "label": top["label"], "score": top["score"]})
+                        cells = {**row, "label": top["label"], "score": top["score"]}
+                        writer.writerow({name: spreadsheet_safe(value) for name, value in cells.items()})
                         ready += 1
                     if not ready:
                         break

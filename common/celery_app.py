@@ -7,7 +7,7 @@ from kombu import Exchange, Queue
 PREDICT_JOBS_TASK = "sentiment.predict_jobs"
 # One message per job: what web processes of earlier releases send; workers still accept it.
 PREDICT_TASK = "sentiment.predict"
-# Delivers a bulk job's webhook once it has ended, retrying itself with backoff (worker.webhooks).
+# What processes of the previous release send when a bulk job ends; workers schedule its webhook (worker.tasks).
 WEBHOOK_TASK = "sentiment.deliver_webhook"
 
 

@@ -18,6 +18,20 @@ class JobStatus(StrEnum):
         return self in (JobStatus.DONE, JobStatus.FAILED)
 
 
+class BulkStatus(StrEnum):
+    """Where a bulk job is; ``done``, ``failed`` and ``cancelled`` are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (BulkStatus.QUEUED, BulkStatus.RUNNING)
+
+
 class JobError(StrEnum):
     """Why a job failed; also the ``error`` code of the 503 a waiting request gets."""
 
@@ -46,10 +60,23 @@ class QueuedJob:
     texts: list[str]
     deadline: float
     enqueued_at: float
+    # The job's record takes its results as a list in the order of ``texts``; web processes of the
+    # previous release leave it out and take a dict by text (until none of them runs any more).
+    positional_results: bool = False
 
     def to_message(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_message(cls, fields: dict) -> "QueuedJob":
-        return cls(fields["job_id"], list(fields["texts"]), float(fields["deadline"]), float(fields["enqueued_at"]))
+        return cls(
+            fields["job_id"],
+            list(fields["texts"]),
+            float(fields["deadline"]),
+            float(fields["enqueued_at"]),
+            bool(fields.get("positional_results", False)),
+        )
+
+    def record_results(self, computed: dict[str, list]) -> list | dict:
+        """What the job's record takes as its results, from the predictions of its texts."""
+        return [computed[text] for text in self.texts] if self.positional_results else computed

@@ -82,10 +82,32 @@ class Settings:
     max_text_chars: int = _setting("MAX_TEXT_CHARS", 2000, "Longest text, in characters.")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 1024 * 1024, "Largest request body.")
     max_queued_texts: int = _setting("MAX_QUEUED_TEXTS", 10000, "Texts waiting in the queue beyond which POST answers 429.")
+    max_queued_bytes: int = _setting(
+        "MAX_QUEUED_BYTES",
+        0,
+        "Redis bytes /predict jobs may hold until they end, beyond which POST /predict answers 429;"
+        " 0: 10% of the main Redis's maxmemory (64 MiB without one).",
+    )
     max_job_texts: int = _setting("MAX_JOB_TEXTS", 100_000, "Most texts in one bulk job (POST /jobs).")
     max_job_body_bytes: int = _setting("MAX_JOB_BODY_BYTES", 32 * 1024 * 1024, "Largest POST /jobs body.")
     max_queued_bulk_texts: int = _setting(
         "MAX_QUEUED_BULK_TEXTS", 1_000_000, "Texts of bulk jobs not yet scored beyond which POST /jobs answers 429."
+    )
+    max_queued_bulk_bytes: int = _setting(
+        "MAX_QUEUED_BULK_BYTES",
+        0,
+        "Redis bytes bulk jobs' texts may hold until scored, beyond which POST /jobs answers 429;"
+        " 0: 40% of the main Redis's maxmemory (256 MiB without one).",
+    )
+    redis_memory_high_water: float = _setting(
+        "REDIS_MEMORY_HIGH_WATER",
+        0.8,
+        "Share of the main Redis's maxmemory past which no new job is admitted (429) until finished work expires; 0: off.",
+    )
+    job_submissions_per_process: int = _setting(
+        "JOB_SUBMISSIONS_PER_PROCESS",
+        2,
+        "POST /jobs bodies one web process parses at once (each holds about its body's size); others wait, then 429.",
     )
     bulk_queue_name: str = _setting("BULK_QUEUE_NAME", "", "Queue of bulk jobs' chunks; empty means QUEUE_NAME-bulk.")
     bulk_chunk_texts: int = _setting(
@@ -108,12 +130,23 @@ class Settings:
     webhook_allow_private: int = _setting(
         "WEBHOOK_ALLOW_PRIVATE", 0, "1 allows callback URLs on loopback, private and link-local addresses (tests, labs)."
     )
+    webhook_threads: int = _setting(
+        "WEBHOOK_THREADS", 4, "Threads per worker process that deliver webhooks, apart from those that score texts; 0: none."
+    )
+    webhook_timeout_s: float = _setting(
+        "WEBHOOK_TIMEOUT_S", 10.0, "Longest one webhook attempt may take in all: connect, send and read the answer."
+    )
     webhook_max_attempts: int = _setting("WEBHOOK_MAX_ATTEMPTS", 8, "Deliveries tried per webhook before giving up.")
     webhook_retry_base_s: float = _setting(
         "WEBHOOK_RETRY_BASE_S", 2.0, "First retry delay of a failed webhook; doubled for each later one (at most an hour)."
     )
     rate_limit: str = _setting("RATE_LIMIT", "", "Per-client limit such as '600/minute'; empty turns it off.")
     api_key_hashes: str = _setting("API_KEY_HASHES", "", "Comma-separated SHA-256 hex digests of accepted X-API-Key values.")
+    api_key_failures_per_minute: int = _setting(
+        "API_KEY_FAILURES_PER_MINUTE",
+        20,
+        "Failed X-API-Key attempts one client address may make in a minute; past it every keyed request answers 429.",
+    )
     trust_proxy_hops: int = _setting("TRUST_PROXY_HOPS", 0, "Proxies in front whose X-Forwarded-For is trusted.")
     port: int = _setting("PORT", 8000, "Port gunicorn listens on, on 127.0.0.1 unless BIND is set.")
     bind: str = _setting(

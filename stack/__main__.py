@@ -8,6 +8,10 @@ answers through the front door, then runs until Ctrl-C or SIGTERM stops it all, 
 - TRUST_PROXY_HOPS: proxies in front of this stack, if any; the front door counts as one more.
 - REDIS_PORT: Redis's port; by default 6379, or a free port when something (often the system's
   own Redis) already listens there.
+- REDIS_MAXMEMORY: that Redis's maxmemory (default 512mb, as compose and k8s run it); it refuses
+  writes when full, and the queue's byte budgets follow it.
+- CACHE_REDIS_MAXMEMORY: the prediction cache's own Redis, started beside it on a free port unless
+  CACHE_REDIS_URL is set (default 256mb; it evicts the least recently used entries when full).
 - Every other variable passes through to the worker and gunicorn (MODEL, TORCH_THREADS, ...).
 - gunicorn runs on jemalloc (LD_PRELOAD=libjemalloc.so.2) where libjemalloc2 is installed, as in
   Dockerfile.web; a LD_PRELOAD of your own, even an empty one, replaces that.
@@ -39,6 +43,8 @@ from stack.processes import (
 
 DEFAULT_WEB_PORT = 8000
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_REDIS_MAXMEMORY = "512mb"
+DEFAULT_CACHE_REDIS_MAXMEMORY = "256mb"
 # The model load alone takes 10-20 s; a cold disk and first imports of torch can take several times that.
 READY_TIMEOUT_S = 180
 # How often the launcher checks that its processes are still running once the service is up.
@@ -84,11 +90,21 @@ def run(environ: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         if not environ.get("REDIS_URL"):
-            redis_server = RedisServer(choose_redis_port(environ), appendfsync="everysec")
+            maxmemory = environ.get("REDIS_MAXMEMORY") or DEFAULT_REDIS_MAXMEMORY
+            redis_server = RedisServer(choose_redis_port(environ), appendfsync="everysec", maxmemory=maxmemory)
             processes.append(redis_server)
             redis_server.start()
             env["REDIS_URL"] = redis_server.url
-            say(f"redis-server on {LOOPBACK}:{redis_server.port} (log: {redis_server.log_path})")
+            say(f"redis-server on {LOOPBACK}:{redis_server.port}, maxmemory {maxmemory} (log: {redis_server.log_path})")
+            if not environ.get("CACHE_REDIS_URL"):
+                # As compose and k8s run it: the cache evicts; the main server never drops queued work.
+                cache_maxmemory = environ.get("CACHE_REDIS_MAXMEMORY") or DEFAULT_CACHE_REDIS_MAXMEMORY
+                cache_server = RedisServer(maxmemory=cache_maxmemory, maxmemory_policy="allkeys-lru", appendonly=False)
+                cache_server.name = "cache-redis-server"
+                processes.append(cache_server)
+                cache_server.start()
+                env["CACHE_REDIS_URL"] = cache_server.url
+                say(f"cache redis-server on {LOOPBACK}:{cache_server.port}, maxmemory {cache_maxmemory}, evicting")
         processes.append(ChildProcess("worker", [sys.executable, "-m", "worker"], env, echo=True))
         allocator_env = web_allocator_env(environ)
         if not allocator_env and "LD_PRELOAD" not in environ:

@@ -92,8 +92,20 @@ class RedisServer:
 
     name = "redis-server"
 
-    def __init__(self, port: int | None = None, appendfsync: str = "always", password: str = ""):
+    def __init__(
+        self,
+        port: int | None = None,
+        appendfsync: str = "always",
+        password: str = "",
+        maxmemory: str = "0",
+        maxmemory_policy: str = "noeviction",
+        appendonly: bool = True,
+    ):
         self.port = port or free_port()
+        # As deployed: a bounded server that refuses writes when full rather than dropping queued jobs.
+        self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
+        self.appendonly = appendonly
         # Clients must AUTH with it when set; it reaches redis-server on stdin, never in its arguments.
         self.password = password
         # "always" lets a test SIGKILL Redis without losing a queued job; "everysec" is Redis's faster default.
@@ -127,9 +139,13 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "yes" if self.appendonly else "no",
                 "--appendfsync",
                 self.appendfsync,
+                "--maxmemory",
+                self.maxmemory,
+                "--maxmemory-policy",
+                self.maxmemory_policy,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

@@ -217,3 +217,17 @@ def test_argument_schemas_are_built_once_not_per_request():
     for name in ("a", "b", "c"):
         assert client.post("/probe", json={"name": name}).get_json() == {"name": name}
     assert len(built) == built_at_start
+
+
+@pytest.mark.parametrize("metadata", [{"source": "bidi \u202e"}, {"bell\u0007": "x"}, {"ok": "nul \u0000"}])
+def test_metadata_follows_the_texts_character_rules(client, metadata):
+    answer = client.post("/jobs", json={"text": ["a"], "metadata": metadata})
+    assert answer.status_code == 422
+    ((key, messages),) = answer.get_json()["details"]["metadata"].items()
+    assert key == next(iter(metadata)) and "disallowed character" in messages[0]
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "clé", "tab\there"])
+def test_idempotency_keys_are_bounded_printable_ascii(client, key):
+    answer = client.post("/jobs", json={"text": ["a"]}, headers={"Idempotency-Key": key.encode().decode("latin-1")})
+    assert answer.status_code == 422 and "Idempotency-Key" in answer.get_json()["details"], answer.get_json()

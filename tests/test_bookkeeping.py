@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from common.jobs import JobStatus
 from common.store import Stores
+from common.store.jobs import new_job
 from tests.support import wait_until
 from worker.bookkeeping import Bookkeeper
 
@@ -22,8 +23,7 @@ def stores(private_redis) -> Stores:
 
 
 def test_marks_jobs_running_releases_their_reservations_and_logs_batches(stores):
-    stores.jobs.create("job-1", ["a text"], [None], deadline=1e12)
-    assert stores.queue.reserve("job-1", 1, 100)
+    assert stores.jobs.enqueue(new_job("job-1", ["a text"], [None], deadline=1e12), 100, 2**20) is None
     bookkeeper = Bookkeeper(stores)
     bookkeeper.start()
     try:
@@ -38,8 +38,8 @@ def test_marks_jobs_running_releases_their_reservations_and_logs_batches(stores)
 
 
 def test_a_late_running_mark_does_not_undo_a_finished_job(stores):
-    stores.jobs.create("job-1", ["a text"], [None], deadline=1e12)
-    stores.jobs.finish("job-1", {"a text": [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]})
+    assert stores.jobs.enqueue(new_job("job-1", ["a text"], [None], deadline=1e12), 100, 2**20) is None
+    stores.jobs.finish("job-1", [[{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]])
     bookkeeper = Bookkeeper(stores)
     bookkeeper.start()
     bookkeeper.jobs_started(["job-1"])

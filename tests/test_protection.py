@@ -9,8 +9,10 @@ import redis
 
 from common.settings import Settings
 from common.store import Stores
+from common.store.jobs import new_job
 from common.store.keys import done_key
-from tests.support import free_port, wait_until
+from stack import free_port, start_web, wait_until
+from stack.front_door import FrontDoor
 from web.security import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
 
@@ -160,7 +162,7 @@ def test_a_new_model_identity_never_serves_the_old_models_cached_scores(service_
     assert answers.get_json()["status"] == "queued"
 
 
-def test_a_failed_publish_releases_the_queue_reservation(service_env, private_redis):
+def test_a_failed_publish_leaves_no_job_and_no_reservation(service_env, private_redis):
     from common.celery_app import create_celery
     from web.services import services
 
@@ -172,12 +174,21 @@ def test_a_failed_publish_releases_the_queue_reservation(service_env, private_re
         dispatcher = services().dispatcher
     dead_broker = Settings.from_env({"redis_url": f"redis://127.0.0.1:{free_port()}/0"}, environ=service_env)
     dispatcher.celery = create_celery(dead_broker)
+    handed_over = []
+    publish = dispatcher.send
+
+    def send(job):
+        # Evidence the request got as far as publishing: its record was written and its room reserved.
+        handed_over.append((job.job_id, store.main.exists(f"sentiment:job:{job.job_id}"), store.queue.queued_texts()))
+        publish(job)
+
+    dispatcher.send = send
     answer = client.post("/predict?wait=0", json={"text": ["one", "two", "three"]})
     assert answer.status_code == 503, answer.get_json()
     assert answer.get_json()["error"] == "unavailable"
-    # Evidence the request got as far as its job record, so it had reserved room in the queue.
-    assert [key for key in store.main.scan_iter("sentiment:job:*")], "the request never reached the enqueue step"
-    assert store.queue.queued_texts() == 0, "the failed request kept its queue reservation"
+    assert [(exists, queued) for _, exists, queued in handed_over] == [(1, 3)], "the request never reached the publish"
+    assert not list(store.main.scan_iter("sentiment:job:*")), "the failed request left its job record"
+    assert (store.queue.queued_texts(), store.queue.queued_bytes()) == (0, 0), "the failed request kept its reservation"
 
 
 def test_rate_limit_answers_429_with_retry_after(service_env, private_redis):
@@ -237,12 +248,48 @@ def test_api_keys_when_on(service_env):
     assert spec["paths"]["/jobs/{job_id}"]["get"]["security"] == [{"ApiKey": []}]
 
 
+def test_failed_api_key_attempts_are_limited_per_client_address(service_env, private_redis):
+    client = make_client(
+        {**service_env, "REDIS_URL": private_redis.url}, api_key_hashes=hash_api_key("s3cret"), api_key_failures_per_minute=3
+    )
+    guesser, other = {"REMOTE_ADDR": "192.0.2.7"}, {"REMOTE_ADDR": "192.0.2.8"}
+
+    def predict(key: str, address: dict):
+        return client.post("/predict", json={"text": []}, headers={"X-API-Key": key}, environ_base=address)
+
+    assert [predict(f"guess {number}", guesser).status_code for number in range(3)] == [401, 401, 401]
+    refused = predict("guess 4", guesser)
+    assert refused.status_code == 429 and refused.get_json()["error"] == "rate_limited"
+    assert refused.get_json()["details"] == {"limit": "API_KEY_FAILURES_PER_MINUTE"}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Refused before its key is checked: even the right key waits out the minute, so guessing gains nothing.
+    assert predict("s3cret", guesser).status_code == 429
+    assert predict("s3cret", other).status_code == 200 and predict("wrong", other).status_code == 401
+
+
+@pytest.fixture
+def public_port_without_webhooks(service_env, worker):
+    """gunicorn without a WEBHOOK_SECRET behind its front door: schemathesis meets the API as a client does, and
+    the callback URLs it makes up are never called."""
+    env = {key: value for key, value in service_env.items() if not key.startswith("WEBHOOK_")}
+    web_port = free_port()
+    web = start_web(env, web_port)
+    settings = Settings.from_env(environ=env)
+    door = FrontDoor(free_port(), f"127.0.0.1:{web_port}", settings.max_body_bytes, settings.max_job_body_bytes)
+    try:
+        door.wait_until_listening()
+        yield door.port
+    finally:
+        door.close()
+        web.stop()
+
+
 # Longer than the subprocess's own 600 s, or pytest's default timeout (300 s) would cut it short first.
 @pytest.mark.timeout(660)
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(web_url, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(public_port_without_webhooks, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{web_url}/openapi.json", "--checks", "all",
-         "--max-examples", "50", "--generation-deterministic", "--request-timeout", "60",
+        [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{public_port_without_webhooks}/openapi.json",
+         "--checks", "all", "--max-examples", "50", "--generation-deterministic", "--request-timeout", "60",
          "--report", "junit", "--report-dir", str(tmp_path)],
         capture_output=True,
         text=True,
@@ -257,19 +304,18 @@ def test_ending_a_job_releases_its_reservation_when_its_batch_start_was_never_re
     # As when Redis is away the moment a batch starts: the worker cannot release the reservation
     # then, and the texts would count as queued forever, shrinking the queue and inflating /backlog.
     store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
-    store.jobs.create("job-a", ["a", "b"], [None, None], time.time() + 60)
-    assert store.queue.reserve("job-a", 2, max_queued_texts=10)
-    store.complete_jobs("model@1", {"job-a": {"a": [], "b": []}})
-    assert store.queue.queued_texts() == 0
+    assert store.jobs.enqueue(new_job("job-a", ["a", "b"], [None, None], time.time() + 60), 10, 2**20) is None
+    store.complete_jobs("model@1", {"a": [], "b": []}, {"job-a": [[], []]})
+    assert (store.queue.queued_texts(), store.queue.queued_bytes()) == (0, 0)
 
 
 def test_a_job_ends_once_even_when_a_redelivered_copy_ends_it_again(private_redis):
     # A message that outlives its visibility timeout is delivered again while the first copy runs;
     # both copies end the job. The second must change nothing: no second wake-up, no done -> failed.
     store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
-    store.jobs.create("job-a", ["a"], [None], time.time() + 60)
-    store.jobs.finish("job-a", {"a": [{"label": "POSITIVE", "score": 0.7}, {"label": "NEGATIVE", "score": 0.3}]})
-    store.jobs.finish("job-a", {"a": [{"label": "NEGATIVE", "score": 0.6}, {"label": "POSITIVE", "score": 0.4}]})
+    assert store.jobs.enqueue(new_job("job-a", ["a"], [None], time.time() + 60), 10, 2**20) is None
+    store.jobs.finish("job-a", [[{"label": "POSITIVE", "score": 0.7}, {"label": "NEGATIVE", "score": 0.3}]])
+    store.jobs.finish("job-a", [[{"label": "NEGATIVE", "score": 0.6}, {"label": "POSITIVE", "score": 0.4}]])
     store.jobs.fail("job-a", "expired")
     record = store.jobs.get("job-a")
     assert record.status == "done" and record.error is None

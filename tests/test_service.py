@@ -1,5 +1,6 @@
 """The contract end to end: gunicorn, a real Redis and a real Celery worker process."""
 
+import json
 import math
 import os
 import time
@@ -15,6 +16,7 @@ from bench.run import scrape, total
 from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, create_celery
 from common.jobs import JobStatus, QueuedJob, new_job_id
 from common.store import Stores
+from common.store.jobs import new_job
 from common.store.keys import PREFIX, done_key, job_key
 from tests.support import RedisServer, child_pids, free_port, start_web, start_worker, wait_until, web_allocator_env
 
@@ -212,7 +214,9 @@ def test_the_worker_still_serves_the_previous_releases_one_job_message(worker, s
     # During a rolling upgrade, web processes of the previous release send one job per message.
     texts = [unique("an old web process sent this")]
     job_id, now = new_job_id(), time.time()
-    store.jobs.create(job_id, texts, [None], now + 60)
+    # The record as that release writes it: every text, and the predictions known (none).
+    record = {"status": "queued", "texts": json.dumps(texts), "predictions": "[null]", "deadline": now + 60, "created_at": now}
+    store.main.hset(job_key(job_id), mapping=record)
     create_celery(settings).send_task(PREDICT_TASK, args=[job_id, texts, now + 60, now])
     record = wait_until(lambda: (job := store.jobs.get(job_id)) and job.status == JobStatus.DONE and job, 60, "the job")
     assert_prediction_shape(record.predictions[0])
@@ -276,8 +280,8 @@ def test_a_redelivered_job_that_already_ended_is_skipped(
     # and the broker hands the message out again.
     texts = [unique("scored before the redelivery")]
     job_id, now = new_job_id(), time.time()
-    store.jobs.create(job_id, texts, [None], now + 60)
-    store.jobs.finish(job_id, {texts[0]: [{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]})
+    store.jobs.enqueue(new_job(job_id, texts, [None], now + 60), 1000, 2**30)
+    store.jobs.finish(job_id, [[{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]])
     metrics_url = worker_metrics_url(service_env)
     skipped_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="skipped")
     since = wait_for_an_idle_worker(store, redis_client)
@@ -301,8 +305,8 @@ def test_a_job_that_already_ended_is_never_ended_twice_even_from_an_unmarked_mes
     texts = [unique("ended before its duplicate message")]
     job_id, now = new_job_id(), time.time()
     first = [{"label": "POSITIVE", "score": 0.6}, {"label": "NEGATIVE", "score": 0.4}]
-    store.jobs.create(job_id, texts, [None], now + 60)
-    store.jobs.finish(job_id, {texts[0]: first})
+    store.jobs.enqueue(new_job(job_id, texts, [None], now + 60), 1000, 2**30)
+    store.jobs.finish(job_id, [first])
     metrics_url = worker_metrics_url(service_env)
     done_before = total(scrape(metrics_url), "sentiment_worker_jobs_total", outcome="done")
     create_celery(settings).send_task(PREDICT_JOBS_TASK, args=[[QueuedJob(job_id, texts, now + 60, now).to_message()]])

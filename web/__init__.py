@@ -1,8 +1,10 @@
 """Web front end: Flask app factory. Never imports torch or transformers."""
 
+import importlib.util
+from pathlib import Path
+
 from flask import Flask, send_from_directory
 from flask_smorest import Api
-from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.settings import Settings
@@ -10,9 +12,12 @@ from web import health, metrics
 from web.bulk import create_bulk_blueprint
 from web.errors import register_error_handlers
 from web.predict import create_predict_blueprint
-from web.schemas import ErrorSchema
-from web.security import API_KEY_HEADER, API_KEY_SCHEME, limit_rate, require_api_keys
+from web.schemas import ErrorSchema, property_names
+from web.security import API_KEY_HEADER, API_KEY_SCHEME, FailedKeyAttempts, limit_rate, require_api_keys
 from web.services import Services
+
+# Swagger UI's own files (swagger-ui-py's static folder; the package's Python code is not used).
+SWAGGER_UI_ASSETS = Path(importlib.util.find_spec("swagger_ui").origin).parent / "static"
 
 
 class ServiceApi(Api):
@@ -29,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="Sentiment Score API",
         API_VERSION="1.0.0",
-        OPENAPI_VERSION="3.0.3",
+        OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
@@ -42,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.install(app)
 
     api = ServiceApi(app)
+    api.ma_plugin.converter.add_attribute_function(property_names)
     api.spec.components.security_scheme(API_KEY_SCHEME, {"type": "apiKey", "in": "header", "name": API_KEY_HEADER})
     api.register_blueprint(create_predict_blueprint(settings))
     api.register_blueprint(create_bulk_blueprint(settings))
@@ -49,12 +55,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     metrics.instrument(app, services)
     if settings.api_keys_enabled:
-        require_api_keys(app, settings.api_key_hashes)
+        failures = FailedKeyAttempts(services.stores.main, settings.api_key_failures_per_minute)
+        require_api_keys(app, settings.api_key_hashes, failures if settings.api_key_failures_per_minute else None)
     if settings.rate_limit:
         limit_rate(app, settings.rate_limit, settings.redis_connection_url)
 
     @app.get("/docs/assets/<path:filename>")
     def swagger_ui_assets(filename):
-        return send_from_directory(swagger_ui_path, filename)
+        return send_from_directory(SWAGGER_UI_ASSETS, filename)
 
     return app

@@ -4,26 +4,30 @@ GET /jobs/<id> (web.predict) answers for bulk jobs too. The Redis side is ``comm
 the workers' side ``worker.bulk``.
 """
 
+import contextlib
 import json
 import re
+import threading
 
-from flask import Response, g, request, stream_with_context
+from flask import Response, request, stream_with_context
 from marshmallow import ValidationError as MarshmallowValidationError
 
-from common.celery_app import WEBHOOK_TASK, publish_bulk_chunks
-from common.jobs import is_job_id, new_job_id
-from common.store.bulk import status_view
-from common.store.idempotency import body_hash
+from common.celery_app import publish_bulk_chunks
+from common.jobs import BulkStatus, is_job_id, new_job_id
+from common.store.bulk import DELETED, STORING, NewBulkJob, chunk_bounds, status_view
+from common.store.idempotency import job_body_hash
 from common.webhooks import CallbackRefused, check_callback_url
 from web import metrics
 from web.errors import (
+    UNAVAILABLE_ERRORS,
     Conflict,
     IdempotencyConflict,
     NotFound,
     Overloaded,
     ValidationFailed,
 )
-from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, load_json, read_text_body
+from web.job_body import JobBody, check_utf8, parse_json_body, parse_ndjson_body
+from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, read_large_body
 from web.predict import job_accepted, json_response
 from web.schemas import (
     CALLBACK_URL_PATTERN,
@@ -42,89 +46,17 @@ from web.security import API_KEY_SCHEME
 from web.services import services
 
 NDJSON = "application/x-ndjson"
-# Per-text problems reported at once; past these, the client has a file to fix, not a typo.
-MAX_REPORTED_PROBLEMS = 20
-
-
-def read_body(settings) -> tuple[str, str]:
-    """The body, decoded, and its media type; POST /jobs has a limit of its own, MAX_JOB_BODY_BYTES."""
-    request.max_content_length = settings.max_job_body_bytes
-    g.body_limit_setting = "MAX_JOB_BODY_BYTES"  # for werkzeug's own 413 (web.errors)
-    return read_text_body(request, ("application/json", NDJSON), "MAX_JOB_BODY_BYTES"), request.mimetype
-
-
 JOB_OPTIONS = ("callback_url", "metadata")
+# How long a submission waits for one of its web process's JOB_SUBMISSIONS_PER_PROCESS slots before 429.
+SUBMISSION_SLOT_WAIT_S = 10
 
 
-def refuse_unknown_or_null_fields(document: dict, allowed: set[str]) -> None:
-    """422 for a field the job body does not know, or an option sent as null (omit it instead)."""
-    unknown = set(document) - allowed
-    if unknown:
-        raise ValidationFailed("request is invalid", details={name: ["Unknown field."] for name in sorted(unknown)})
-    for name in JOB_OPTIONS:
-        if name in document and document[name] is None:
-            raise ValidationFailed("request is invalid", details={name: ["Field may not be null."]})
-
-
-def parse_json_job(body: str) -> tuple[list, object, object, list[int] | None]:
-    """(texts, callback_url, metadata, None) of a JSON body: problems are named by index."""
-    document = load_json(body)
-    if not isinstance(document, dict):
-        raise ValidationFailed("request is invalid", details={"_schema": ["Invalid input type."]})
-    refuse_unknown_or_null_fields(document, {"text", *JOB_OPTIONS})
-    if "text" not in document:
-        raise ValidationFailed("request is invalid", details={"text": ["Missing data for required field."]})
-    if not isinstance(document["text"], list):
-        raise ValidationFailed("request is invalid", details={"text": ["Not a valid list."]})
-    return document["text"], document.get("callback_url"), document.get("metadata"), None
-
-
-def parse_ndjson_job(body: str) -> tuple[list, object, object, list[int]]:
-    """(texts, callback_url, metadata, each text's line number) of an NDJSON body: one JSON string per line.
-
-    A first line that holds an object instead of a string carries the job's options
-    (``{"callback_url": ..., "metadata": ...}``), as a JSON body's fields would; it is not a text.
-    """
-    texts, line_numbers = [], []
-    options: dict = {}
-    first_line = True
-    for number, line in enumerate(body.split("\n"), start=1):
-        if not line.strip():
-            continue
-        value = load_json(line, f"line {number}", {"line": number})
-        if first_line and isinstance(value, dict):
-            refuse_unknown_or_null_fields(value, set(JOB_OPTIONS))
-            options = value
-        else:
-            line_numbers.append(number)
-            texts.append(value)
-        first_line = False
-    return texts, options.get("callback_url"), options.get("metadata"), line_numbers
-
-
-def check_texts(texts: list, settings, line_numbers: list[int] | None) -> None:
-    """Every text under /predict's rules; problems named by index (JSON: details.text) or line (NDJSON: details.lines)."""
-    if not 1 <= len(texts) <= settings.max_job_texts:
-        raise ValidationFailed(
-            "request is invalid", details={"text": [f"Length must be between 1 and {settings.max_job_texts}."]}
-        )
-    problems: dict[str, list[str]] = {}
-    for index, text in enumerate(texts):
-        if len(problems) >= MAX_REPORTED_PROBLEMS:
-            break
-        if not isinstance(text, str):
-            problem = "Not a valid string."
-        elif len(text) > settings.max_text_chars:
-            problem = f"Longer than maximum length {settings.max_text_chars}."
-        else:
-            try:
-                reject_unsafe_characters(text)
-                continue
-            except MarshmallowValidationError as error:
-                problem = error.messages[0]
-        problems[str(line_numbers[index] if line_numbers else index)] = [problem]
-    if problems:
-        raise ValidationFailed("request is invalid", details={"lines" if line_numbers else "text": problems})
+def read_job_body(settings) -> JobBody:
+    """The POST /jobs body, parsed within its bounds: JSON ({"text": [...], ...}) or NDJSON (a text per line)."""
+    raw = read_large_body(request, ("application/json", NDJSON), settings.max_job_body_bytes, "MAX_JOB_BODY_BYTES")
+    check_utf8(raw)
+    parse = parse_json_body if request.mimetype == "application/json" else parse_ndjson_body
+    return parse(raw, settings, JOB_OPTIONS)
 
 
 def check_options(callback_url, metadata, settings) -> None:
@@ -144,6 +76,16 @@ def check_options(callback_url, metadata, settings) -> None:
                     ]
                 },
             )
+        # The texts' character rules: metadata is shown back in status views, webhooks and logs.
+        problems = {}
+        for key, value in metadata.items():
+            for checked in (key, value):
+                try:
+                    reject_unsafe_characters(checked)
+                except MarshmallowValidationError as error:
+                    problems[key.encode("utf-8", "backslashreplace").decode()] = error.messages
+        if problems:
+            raise ValidationFailed("request is invalid", details={"metadata": problems})
     if callback_url is not None:
         if not isinstance(callback_url, str) or len(callback_url) > MAX_CALLBACK_URL_CHARS:
             raise ValidationFailed("request is invalid", details={"callback_url": ["Not a valid URL."]})
@@ -178,6 +120,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     error = {"schema": ErrorSchema}
     needs_key = {"security": [{API_KEY_SCHEME: []}]} if settings.api_keys_enabled else {}
     job_link = {"operationId": "get_jobs_job_id", "parameters": {"job_id": "$response.body#/job_id"}}
+    submission_slots = threading.BoundedSemaphore(settings.job_submissions_per_process)
 
     @blp.route("/jobs", methods=["POST"])
     @blp.doc(
@@ -211,47 +154,18 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     @blp.alt_response(503, description="Redis unavailable.", **error)
     def submit(idempotency_key=None):
         """Submit a bulk job (JSON {"text": [...]}, or NDJSON: one JSON string per line)."""
-        svc = services()
-        key = idempotency_key
-        body, media_type = read_body(settings)
-        texts, callback_url, metadata, line_numbers = (
-            parse_json_job(body) if media_type == "application/json" else parse_ndjson_job(body)
-        )
-        check_texts(texts, settings, line_numbers)
-        check_options(callback_url, metadata, settings)
-        job_id = new_job_id()
-        if key is not None:
-            hashed = body_hash({"text": texts, "callback_url": callback_url, "metadata": metadata})
-            claim = svc.stores.idempotency.claim("jobs", key, hashed, job_id)
-            if claim is not None:
-                if claim.body_hash != hashed:
-                    raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": claim.job_id})
-                state = svc.stores.bulk.status(claim.job_id)
-                if state != "deleted":  # None: the first request is still storing it
-                    return job_accepted(claim.job_id, state or "queued", total=len(texts))
-                # Deleted since: there is no job to return, so this retry makes a new one.
-                svc.stores.idempotency.point_to("jobs", key, hashed, job_id)
-        if not svc.stores.bulk.create(
-            job_id, texts, settings.bulk_chunk_texts, settings.max_queued_bulk_texts, metadata, callback_url
-        ):
-            if key is not None:
-                svc.stores.idempotency.release("jobs", key)
+        # Each body being parsed holds about its size in memory: a few at a time per process.
+        if not submission_slots.acquire(timeout=SUBMISSION_SLOT_WAIT_S):
             raise Overloaded(
-                f"bulk texts queued plus this job's {len(texts)} would pass MAX_QUEUED_BULK_TEXTS"
-                f" ({settings.max_queued_bulk_texts}); retry later",
-                headers={"Retry-After": "10"},
+                f"this web process is parsing JOB_SUBMISSIONS_PER_PROCESS ({settings.job_submissions_per_process})"
+                " job bodies already; retry later",
+                details={"limit": "JOB_SUBMISSIONS_PER_PROCESS"},
+                headers={"Retry-After": "5"},
             )
-        size = settings.bulk_chunk_texts
-        chunks = [(start, min(len(texts), start + size)) for start in range(0, len(texts), size)]
         try:
-            publish_bulk_chunks(svc.celery, settings, job_id, chunks)
-        except Exception:
-            svc.stores.bulk.abandon(job_id)
-            if key is not None:
-                svc.stores.idempotency.release("jobs", key)
-            raise
-        metrics.BULK_TEXTS_QUEUED.inc(len(texts))
-        return job_accepted(job_id, "queued", total=len(texts))
+            return submit_job(services(), read_job_body(settings), idempotency_key)
+        finally:
+            submission_slots.release()
 
     @blp.route("/jobs/<job_id>/results", methods=["GET"])
     @blp.doc(**needs_key)
@@ -291,8 +205,6 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
             raise Conflict(f"job {job_id} has already ended", details={"job_id": job_id})
         record = found(job_id)
         metrics.BULK_JOBS_CANCELLED.inc()
-        if record.get("callback_url"):
-            svc.celery.send_task(WEBHOOK_TASK, args=[job_id, 0])
         return json_response(status_view(job_id, record), 202)
 
     @blp.route("/jobs/<job_id>", methods=["DELETE"])
@@ -307,6 +219,52 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
         return "", 204
 
     return blp
+
+
+def submit_job(svc, body: JobBody, key: str | None):
+    """Store and queue a checked job body; the 202, or the earlier job of a retried Idempotency-Key.
+
+    A submission that fails part way (Redis full or away, a publish failing) leaves nothing
+    behind: no job, no budget held, no Idempotency-Key bound to a job that does not exist.
+    """
+    settings = svc.settings
+    check_options(body.callback_url, body.metadata, settings)
+    total = len(body.texts)
+    job_id = new_job_id()
+    claims = svc.stores.idempotency
+    hashed = None
+    if key is not None:
+        hashed = job_body_hash(body.texts, body.callback_url, body.metadata)
+        claim = claims.claim("jobs", key, hashed, job_id)
+        if claim is not None:
+            if claim.body_hash != hashed:
+                raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": claim.job_id})
+            state = svc.stores.bulk.status(claim.job_id)
+            if state not in (None, DELETED):  # the first request's job, stored or still being stored
+                return job_accepted(claim.job_id, BulkStatus.QUEUED if state == STORING else state, total=total)
+            # Deleted since, or never stored (its submission failed): this retry makes a new job.
+            claims.point_to("jobs", key, hashed, job_id)
+    try:
+        budgets = svc.memory.budgets()
+        refusal = budgets.high_water_refusal or svc.stores.bulk.create(
+            NewBulkJob(job_id, body.texts, settings.bulk_chunk_texts, body.metadata, body.callback_url),
+            settings.max_queued_bulk_texts,
+            budgets.bulk_queued_bytes,
+        )
+        if refusal is not None:
+            raise Overloaded.because(refusal, retry_after_s=10)
+        try:
+            publish_bulk_chunks(svc.celery, settings, job_id, chunk_bounds(total, settings.bulk_chunk_texts))
+        except Exception:
+            svc.stores.bulk.abandon(job_id)
+            raise
+    except Exception:
+        if key is not None:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                claims.release_if_bound_to("jobs", key, job_id)
+        raise
+    metrics.BULK_TEXTS_QUEUED.inc(total)
+    return job_accepted(job_id, BulkStatus.QUEUED, total=total)
 
 
 def stream_results(store, record: dict, job_id: str) -> Response:

@@ -85,6 +85,13 @@ class ValidationFailed(APIError):
 class Overloaded(APIError):
     status, code = 429, "overloaded"
 
+    @classmethod
+    def because(cls, refusal, retry_after_s: int) -> "Overloaded":
+        """The 429 for a job a budget refused; ``details.limit`` names the setting that refused it."""
+        return cls(
+            f"{refusal.message}; retry later", details={"limit": refusal.limit}, headers={"Retry-After": str(retry_after_s)}
+        )
+
 
 class RateLimited(APIError):
     status, code = 429, "rate_limited"
@@ -136,8 +143,15 @@ HTTP_ERRORS: dict[int, type[APIError]] = {
     error.status: error for error in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType, RateLimited)
 }
 
-# Exceptions that mean Redis is away rather than a bug.
-UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
+# Exceptions that mean Redis cannot take the request now rather than a bug: it is away, full
+# (maxmemory reached under noeviction), or a replica that was the primary until a failover.
+UNAVAILABLE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    kombu.exceptions.OperationalError,
+)
 
 
 def subclasses(cls: type) -> list[type]:
@@ -179,6 +193,8 @@ def register_error_handlers(app: Flask) -> None:
 
     def unavailable(error: Exception):
         log.warning("backing store unavailable: %s", error)
+        if isinstance(error, redis.exceptions.OutOfMemoryError):
+            return Unavailable("the job store is full; retry later", headers={"Retry-After": "5"}).response()
         return Unavailable("the job store is unavailable; retry shortly", headers={"Retry-After": "1"}).response()
 
     for error_class in UNAVAILABLE_ERRORS:

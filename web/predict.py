@@ -76,11 +76,8 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
                 raise JobFailed(job_id, reason)
             case IdempotencyClash(job_id):
                 raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": job_id})
-            case QueueFull(new_texts, max_queued_texts):
-                raise Overloaded(
-                    f"queued texts plus this request's {new_texts} would pass MAX_QUEUED_TEXTS ({max_queued_texts}); retry later",
-                    headers={"Retry-After": "1"},
-                )
+            case QueueFull(refusal):
+                raise Overloaded.because(refusal, retry_after_s=1)
 
     @blp.route("/jobs/<job_id>", methods=["GET"])
     @blp.doc(operationId="get_jobs_job_id", **needs_key)

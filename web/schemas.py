@@ -15,6 +15,16 @@ UNSAFE_CHARACTERS = re.compile(f"[{UNSAFE_RANGES}\ud800-\udfff]")
 SAFE_TEXT_PATTERN = f"^[^{UNSAFE_RANGES}]*$"
 
 
+# A Dict field's rules for its keys, as JSON Schema's propertyNames (which apispec does not derive).
+PROPERTY_NAMES = "property_names"
+
+
+def property_names(converter, field, **kwargs) -> dict:
+    """apispec attribute function: a Dict field's PROPERTY_NAMES metadata as the schema's propertyNames."""
+    rules = field.metadata.get(PROPERTY_NAMES)
+    return {"propertyNames": rules} if rules else {}
+
+
 def reject_unsafe_characters(value: str) -> None:
     """Refuse text carrying control, bidi-control or lone-surrogate characters."""
     match = UNSAFE_CHARACTERS.search(value)
@@ -146,16 +156,25 @@ class BacklogSchema(Schema):
 
 
 def bulk_job_schema(settings) -> type[Schema]:
-    """POST /jobs's JSON body (for OpenAPI: the view parses JSON and NDJSON bodies itself)."""
+    """POST /jobs's JSON body (for OpenAPI: the view parses JSON and NDJSON bodies itself).
 
-    class BulkJobRequestSchema(Schema):
-        text = fields.List(
-            fields.String(validate=validate.Length(max=settings.max_text_chars), metadata={"pattern": SAFE_TEXT_PATTERN}),
-            required=True,
-            validate=validate.Length(min=1, max=settings.max_job_texts),
-            metadata={"description": f"1 to {settings.max_job_texts} texts, each under /predict's rules."},
+    ``callback_url`` is documented only when webhooks are on (a WEBHOOK_SECRET is set): otherwise it is refused.
+    """
+    options = {
+        "metadata": fields.Dict(
+            keys=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
+            values=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS), metadata={"pattern": SAFE_TEXT_PATTERN}),
+            validate=validate.Length(max=MAX_METADATA_ENTRIES),
+            metadata={
+                "description": f"Up to {MAX_METADATA_ENTRIES} string values, returned as given; keys and values"
+                " follow the texts' character rules.",
+                PROPERTY_NAMES: {"maxLength": MAX_METADATA_CHARS, "pattern": SAFE_TEXT_PATTERN},
+                "maxProperties": MAX_METADATA_ENTRIES,
+            },
         )
-        callback_url = fields.String(
+    }
+    if settings.webhook_secret:
+        options["callback_url"] = fields.String(
             validate=[validate.Length(max=MAX_CALLBACK_URL_CHARS), validate.Regexp(CALLBACK_URL_PATTERN)],
             metadata={
                 "description": "Receives the job's status view, signed, when it ends (Standard Webhooks). Its host"
@@ -163,14 +182,18 @@ def bulk_job_schema(settings) -> type[Schema]:
                 "pattern": CALLBACK_URL_PATTERN,
             },
         )
-        metadata = fields.Dict(
-            keys=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
-            values=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
-            validate=validate.Length(max=MAX_METADATA_ENTRIES),
-            metadata={"description": f"Up to {MAX_METADATA_ENTRIES} string values, returned as given."},
-        )
-
-    return BulkJobRequestSchema
+    return Schema.from_dict(
+        {
+            "text": fields.List(
+                fields.String(validate=validate.Length(max=settings.max_text_chars), metadata={"pattern": SAFE_TEXT_PATTERN}),
+                required=True,
+                validate=validate.Length(min=1, max=settings.max_job_texts),
+                metadata={"description": f"1 to {settings.max_job_texts} texts, each under /predict's rules."},
+            ),
+            **options,
+        },
+        name="BulkJobRequestSchema",
+    )
 
 
 def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 
 from common.jobs import JobError, JobStatus, QueuedJob, new_job_id
-from common.store.jobs import merge_results
+from common.store.backpressure import Refusal
+from common.store.jobs import NewJob, merged_predictions, new_job
 from web import metrics
 from web.errors import UNAVAILABLE_ERRORS
 from web.services import Services
@@ -42,10 +43,12 @@ class Failed:
 
 @dataclass(frozen=True)
 class QueueFull:
-    """Texts already queued plus this request's new ones would pass MAX_QUEUED_TEXTS; nothing was enqueued."""
+    """The job would pass a queue budget, or Redis is past its high-water mark; nothing was enqueued.
 
-    new_texts: int
-    max_queued_texts: int
+    ``refusal.limit`` names which.
+    """
+
+    refusal: Refusal
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def score(
         return Scored(known)
 
     jobs = services.stores.jobs
+    enqueued = None
     if earlier is not None and earlier.job_id:
         job_id = earlier.job_id
         record = jobs.get(job_id)
@@ -105,17 +109,17 @@ def score(
             if idempotency is not None and earlier is None:
                 claims.release(IDEMPOTENCY_ROUTE, idempotency.key)
             return enqueued
-        job_id = enqueued
+        job_id = enqueued.job_id
         if idempotency is not None:
             claims.point_to(IDEMPOTENCY_ROUTE, idempotency.key, idempotency.body_hash, job_id)
     started = time.perf_counter()
     results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
-    if results is not None:
+    if results is not None and enqueued is not None:
         metrics.ANSWERED_SYNC.inc()
-        return Scored(merge_results(texts, known, results))
+        return Scored(merged_predictions(enqueued.slots, results, enqueued.texts))
     record = jobs.get(job_id)
-    if record is not None and record.status == JobStatus.DONE:  # ended just after the wait
+    if record is not None and record.status == JobStatus.DONE:  # ended just after the wait, or another request's job
         metrics.ANSWERED_SYNC.inc()
         return Scored(record.predictions)
     if record is not None and record.status == JobStatus.FAILED:
@@ -137,19 +141,25 @@ def cached_predictions(services: Services, model_identity: str, texts: list[str]
     return known
 
 
-def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> str | QueueFull:
-    """Record a job for the request and queue its distinct uncached texts; its id, or QueueFull."""
+def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> NewJob | QueueFull:
+    """Record a job for the request and queue its distinct uncached texts; the job, or QueueFull.
+
+    A job whose publish fails leaves nothing behind: its record goes and its budgets come back.
+    """
     settings = services.settings
-    missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
-    job_id = new_job_id()
+    budgets = services.memory.budgets()
+    if budgets.high_water_refusal is not None:
+        return QueueFull(budgets.high_water_refusal)
     now = time.time()
     deadline = now + (deadline_s or settings.job_deadline_s)
+    job = new_job(new_job_id(), texts, known, deadline)
+    refused = services.stores.jobs.enqueue(job, settings.max_queued_texts, budgets.queued_bytes)
+    if refused is not None:
+        return QueueFull(refused)
     try:
-        if not services.stores.enqueue_job(job_id, texts, known, deadline, len(missing), settings.max_queued_texts):
-            return QueueFull(len(missing), settings.max_queued_texts)
-        services.dispatcher.send(QueuedJob(job_id, missing, deadline, now))
+        services.dispatcher.send(QueuedJob(job.job_id, job.texts, deadline, now, positional_results=True))
     except Exception:
         with contextlib.suppress(*UNAVAILABLE_ERRORS):
-            services.stores.queue.release(job_id)
+            services.stores.jobs.abandon(job.job_id)
         raise
-    return job_id
+    return job

@@ -5,10 +5,12 @@ import hmac
 import math
 import time
 
+import redis
 from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from common.store.keys import auth_failures_key
 from web.errors import RateLimited, Unauthorized
 
 # Probes, scrapes, the backlog and the API description stay open: they carry no scores and some
@@ -28,20 +30,79 @@ def is_open_path(path: str) -> bool:
     return any(path == open_path or path.startswith(open_path + "/") for open_path in OPEN_PATHS)
 
 
-def require_api_keys(app: Flask, key_hashes: str) -> None:
-    """Answer 401 to requests without a valid X-API-Key, comparing digests in constant time."""
+class FailedKeyAttempts:
+    """Failed X-API-Key attempts per client address, counted in Redis a minute at a time.
+
+    Past the limit an address is refused (429) until its minute ends, before its key is even
+    checked, so guessing costs a minute per API_KEY_FAILURES_PER_MINUTE tries. Each process also
+    remembers the addresses it refused, so a refused client costs no Redis round trip, and a valid
+    key (the common case) never costs one.
+    """
+
+    WINDOW_S = 60
+
+    def __init__(self, client, limit: int):
+        self.client = client
+        self.limit = limit
+        self._refused_until: dict[str, float] = {}
+
+    def refused_for(self, address: str) -> int:
+        """Seconds this address stays refused; 0 when it may try."""
+        until = self._refused_until.get(address)
+        if until is None:
+            return 0
+        left = math.ceil(until - time.time())
+        if left <= 0:
+            self._refused_until.pop(address, None)
+            return 0
+        return left
+
+    def failed(self, address: str) -> int:
+        """Count a failed attempt; seconds the address is refused from now (0 while under the limit)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(auth_failures_key(address))
+            pipe.expire(auth_failures_key(address), self.WINDOW_S, nx=True)
+            pipe.ttl(auth_failures_key(address))
+            count, _, ttl = pipe.execute()
+        except redis.RedisError:
+            return 0  # Redis away: keys are still checked, only the count is lost
+        if count <= self.limit:
+            return 0
+        if len(self._refused_until) > 100_000:  # a flood of addresses: forget the oldest view, not memory
+            self._refused_until.clear()
+        ttl = max(1, ttl)
+        self._refused_until[address] = time.time() + ttl
+        return ttl
+
+
+def too_many_failures(seconds: int) -> RateLimited:
+    return RateLimited(
+        f"too many failed X-API-Key attempts from your address; retry in {seconds}s",
+        details={"limit": "API_KEY_FAILURES_PER_MINUTE"},
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def require_api_keys(app: Flask, key_hashes: str, failures: FailedKeyAttempts | None = None) -> None:
+    """Answer 401 to requests without a valid X-API-Key, comparing digests in constant time; 429 past ``failures``' limit."""
     accepted = [digest.strip().lower() for digest in key_hashes.split(",") if digest.strip()]
 
     @app.before_request
     def check_api_key():
         if is_open_path(request.path):
             return None
+        address = request.remote_addr or ""
+        if failures is not None and (seconds := failures.refused_for(address)):
+            raise too_many_failures(seconds)
         presented = hash_api_key(request.headers.get(API_KEY_HEADER, ""))
         # Compare against every stored digest, so timing does not reveal which one matched.
         valid = False
         for digest in accepted:
             valid |= hmac.compare_digest(presented, digest)
         if not valid:
+            if failures is not None and (seconds := failures.failed(address)):
+                raise too_many_failures(seconds)
             raise Unauthorized("a valid X-API-Key header is required")
         return None
 

@@ -8,6 +8,7 @@ from common.celery_app import create_celery
 from common.hot_cache import HotCache
 from common.settings import Settings
 from common.store import connect, stores_from_settings
+from common.store.memory import RedisMemory
 from web.dispatch import JobDispatcher
 
 EXTENSION_KEY = "sentiment"
@@ -20,6 +21,7 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.stores = stores_from_settings(settings)
+        self.memory = RedisMemory(self.stores.main, settings)
         # BLPOP blocks for up to SYNC_WAIT_S, so this client's read timeout must be longer.
         self.blocking_redis = connect(settings.redis_connection_url, socket_timeout=settings.sync_wait_s + 5)
         self.celery = create_celery(settings)

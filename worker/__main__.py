@@ -22,9 +22,8 @@ import time  # noqa: E402
 
 from celery import signals
 
-from common.celery_app import WEBHOOK_TASK, create_celery
+from common.celery_app import create_celery
 from common.settings import Settings
-from worker.bulk import BulkConsumer
 from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
 
@@ -70,18 +69,23 @@ def main(argv: list[str]) -> int:
         return 1
     app = create_celery(settings)
     register_tasks(app, runtime)
-    runtime.on_bulk_job_ended = lambda job_id: app.send_task(WEBHOOK_TASK, args=[job_id, 0])
-    bulk = BulkConsumer(app, settings, lambda *chunk: (runtime.run_bulk_chunk(*chunk), runtime.recycle_if_too_big()))
-    bulk.start()
+    runtime.start_lanes(app)
     shutdown_requested = threading.Event()
-    signals.worker_ready.connect(lambda **_: runtime.announce(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: (shutdown_requested.set(), bulk.stop_taking()), weak=False)
+
+    def on_ready(**_):
+        runtime.announce()
+
+    def on_shutting_down(**_):
+        shutdown_requested.set()
+        runtime.stop_taking()
+
+    signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_shutting_down.connect(on_shutting_down, weak=False)
     try:
         return consume_until_shutdown(
             lambda: run_celery(app, settings, runtime.name, argv), shutdown_requested, runtime, RESTART_DELAY_S
         )
     finally:
-        bulk.stop()
         runtime.shutdown()
 
 

@@ -1,6 +1,8 @@
 """Redis writes a forward pass need not wait for: marking its jobs running and logging its batch.
 
 The batcher hands them over and goes on; one thread writes whatever has gathered, in one pipeline.
+Every RECLAIM_INTERVAL_S the same thread also gives back the queue budgets still held by jobs that
+are gone (a web process died between reserving and publishing, or while storing a bulk job).
 Inline, the two round trips held each lone text's answer up (0.38-0.55 and 0.55-0.87 ms in a trace
 of 300 requests). A late "running" mark never undoes a job's end: it only moves queued jobs, and
 releasing a queue reservation twice does nothing.
@@ -8,6 +10,7 @@ releasing a queue reservation twice does nothing.
 
 import logging
 import threading
+import time
 
 import redis
 
@@ -15,6 +18,8 @@ from common.store.workers import BATCH_HISTORY
 from worker import metrics
 
 log = logging.getLogger(__name__)
+
+RECLAIM_INTERVAL_S = 30
 
 
 class Bookkeeper:
@@ -64,11 +69,24 @@ class Bookkeeper:
         metrics.BOOKKEEPING_PENDING.set(self._unwritten)
 
     def _run(self) -> None:
+        next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
         while not self._stopping.is_set():
-            self._wake.wait()
+            self._wake.wait(max(0.0, next_reclaim - time.monotonic()))
             self._wake.clear()
             self._write_pending()
+            if time.monotonic() >= next_reclaim:
+                self._reclaim_orphans()
+                next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
         self._write_pending()
+
+    def _reclaim_orphans(self) -> None:
+        try:
+            reclaimed = self.stores.queue.reclaim_orphans() + self.stores.bulk.reclaim_orphans()
+        except redis.RedisError as error:
+            log.warning("could not look for orphaned queue reservations: %s", error)
+            return
+        if reclaimed:
+            log.warning("gave back the queue reservations of %d jobs that are gone", reclaimed)
 
     def _write_pending(self) -> None:
         with self._lock:

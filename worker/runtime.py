@@ -15,17 +15,18 @@ import redis
 
 from common.jobs import JobError, JobStatus, QueuedJob
 from common.store import stores_from_settings
-from common.store.bulk import ACTIVE as ACTIVE_BULK_STATUSES
+from common.store.bulk import ACTIVE_STATUSES as ACTIVE_BULK_STATUSES
+from common.store.bulk import ChunkSettlement
 from common.store.workers import HEARTBEAT_INTERVAL_S
 from model.core import default_threads, load_classifier
 from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
 from worker.bookkeeping import Bookkeeper
+from worker.bulk import BulkConsumer
+from worker.webhooks import WebhookLane
 
 log = logging.getLogger(__name__)
 
-# What BulkJobs.settle_chunk answers when the chunk was a job's last.
-JOB_ENDED = 2
 # How long shutdown waits for pending bookkeeping writes (a Redis that is away must not hold it up).
 BOOKKEEPING_STOP_S = 5
 
@@ -40,6 +41,10 @@ def resident_mib() -> float:
     """This process's resident memory in MiB (Linux)."""
     resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# Redis away, full (it frees as finished work expires), or a replica until a failover completes.
+RETRIED_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
 
 class RedisRetries:
@@ -59,7 +64,7 @@ class RedisRetries:
         while True:
             try:
                 return action()
-            except (redis.ConnectionError, redis.TimeoutError):
+            except RETRIED_ERRORS:
                 left = self.give_up_at - time.monotonic()
                 if left <= 0:
                     raise
@@ -87,8 +92,6 @@ class WorkerRuntime:
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
         )
-        # Called with a bulk job's id when its last chunk settles (worker.__main__ sends its webhook).
-        self.on_bulk_job_ended = lambda job_id: None
         self._recycling = threading.Event()
         # Set while Celery's consumer runs; heartbeats only then.
         self._consuming = threading.Event()
@@ -96,6 +99,8 @@ class WorkerRuntime:
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self.bookkeeper = Bookkeeper(self.stores)
+        self.webhook_lane = WebhookLane(settings, self.stores)
+        self.bulk_consumer: BulkConsumer | None = None
 
     @classmethod
     def start(cls, settings) -> "WorkerRuntime":
@@ -110,6 +115,21 @@ class WorkerRuntime:
         runtime.bookkeeper.start()
         metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
         return runtime
+
+    def start_lanes(self, celery_app) -> None:
+        """Start the lanes beside Celery's threads: bulk chunks' consumers and the webhook deliveries."""
+        self.bulk_consumer = BulkConsumer(celery_app, self.settings, self._run_bulk_chunk_then_check_memory)
+        self.bulk_consumer.start()
+        self.webhook_lane.start()
+
+    def stop_taking(self) -> None:
+        """A warm shutdown began: take no more bulk chunks (those under way finish)."""
+        if self.bulk_consumer is not None:
+            self.bulk_consumer.stop_taking()
+
+    def _run_bulk_chunk_then_check_memory(self, job_id: str, chunk: int, start: int, stop: int) -> None:
+        self.run_bulk_chunk(job_id, chunk, start, stop)
+        self.recycle_if_too_big()
 
     def announce(self) -> None:
         """Start heartbeats (Celery's consumer is ready): from now on /ready counts this worker."""
@@ -127,7 +147,10 @@ class WorkerRuntime:
                 log.warning("could not leave the live-worker set: %s", error)
 
     def shutdown(self) -> None:
-        """Finish held batches, then leave the live-worker set."""
+        """Finish held chunks, batches and webhook attempts, then leave the live-worker set."""
+        if self.bulk_consumer is not None:
+            self.bulk_consumer.stop()
+        self.webhook_lane.stop()
         self.batcher.stop()
         self.bookkeeper.stop(BOOKKEEPING_STOP_S)
         self._heartbeat_stop.set()
@@ -177,7 +200,7 @@ class WorkerRuntime:
         else:
             statuses = [JobStatus.QUEUED] * len(jobs)
         outcomes: dict[str, str] = {}
-        running: dict[Future, str] = {}
+        running: dict[Future, QueuedJob] = {}
         now = time.time()
         for job, status in zip(jobs, statuses):
             if status is None or status.is_final:
@@ -187,22 +210,25 @@ class WorkerRuntime:
             elif now > job.deadline:
                 outcomes[job.job_id] = self._expire(job.job_id, retries)
             else:
-                running[self.batcher.submit(job.job_id, job.texts, job.deadline, job.enqueued_at)] = job.job_id
+                running[self.batcher.submit(job.job_id, job.texts, job.deadline, job.enqueued_at)] = job
         inference_error = None
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            results_by_job = {}
+            computed, results_by_job = {}, {}
             for future in finished:
-                job_id = running.pop(future)
+                job = running.pop(future)
                 try:
-                    results_by_job[job_id] = future.result()
+                    predictions = future.result()
                 except DeadlineExpired:
-                    outcomes[job_id] = self._expire(job_id, retries)
+                    outcomes[job.job_id] = self._expire(job.job_id, retries)
                 except Exception as error:
-                    outcomes[job_id] = self._fail(job_id, JobError.INFERENCE_ERROR, retries)
+                    outcomes[job.job_id] = self._fail(job.job_id, JobError.INFERENCE_ERROR, retries)
                     inference_error = error
+                else:
+                    computed.update(predictions)
+                    results_by_job[job.job_id] = job.record_results(predictions)
             if results_by_job:
-                retries.run(partial(self.stores.complete_jobs, self.model.identity, results_by_job), "completing jobs")
+                retries.run(partial(self.stores.complete_jobs, self.model.identity, computed, results_by_job), "completing jobs")
                 metrics.JOBS.labels("done").inc(len(results_by_job))
                 outcomes.update(dict.fromkeys(results_by_job, "done"))
         if inference_error is not None:
@@ -245,8 +271,8 @@ class WorkerRuntime:
             partial(bulk.settle_chunk, job_id, chunk, outcome, len(texts), predictions), "settling a bulk chunk"
         )
         metrics.BULK_TEXTS.labels(outcome).inc(len(texts))
-        if settled == JOB_ENDED:
-            self.on_bulk_job_ended(job_id)
+        if settled == ChunkSettlement.ENDED_JOB:
+            log.info("bulk job %s ended with chunk %d", job_id, chunk)
         return outcome
 
     def recycle_if_too_big(self) -> None:
@@ -275,8 +301,7 @@ class WorkerRuntime:
         return self._fail(job_id, JobError.EXPIRED, retries)
 
     def _fail(self, job_id: str, reason: JobError, retries: RedisRetries) -> str:
-        """End a job failed (expired, or its batch broke), releasing its queue reservation; the outcome's name."""
-        retries.run(partial(self.stores.queue.release, job_id), "releasing a job")
+        """End a job failed (expired, or its batch broke), giving back its budgets; the outcome's name."""
         retries.run(partial(self.stores.jobs.fail, job_id, reason), "failing a job")
         outcome = "expired" if reason == JobError.EXPIRED else "failed"
         metrics.JOBS.labels(outcome).inc()

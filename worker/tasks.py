@@ -2,7 +2,6 @@
 
 from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, WEBHOOK_TASK
 from common.jobs import QueuedJob
-from worker import webhooks
 
 
 def redelivered(task) -> bool:
@@ -13,9 +12,12 @@ def redelivered(task) -> bool:
 def register_tasks(celery_app, runtime) -> None:
     """Register the predict and webhook tasks on ``celery_app``, bound to this process's runtime."""
 
+    # Processes of the previous release send this when a job ends; its delivery now belongs to the
+    # webhook lane (worker.webhooks), so schedule it there. Remove once no such process runs.
     @celery_app.task(name=WEBHOOK_TASK)
     def deliver_webhook(job_id: str, attempt: int = 0) -> str:
-        return webhooks.deliver(runtime.settings, runtime.stores, celery_app, job_id, attempt)
+        runtime.stores.webhooks.schedule(job_id)
+        return "scheduled"
 
     @celery_app.task(name=PREDICT_JOBS_TASK, bind=True)
     def predict_jobs(task, jobs: list[dict]) -> dict[str, str]:

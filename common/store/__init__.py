@@ -2,13 +2,14 @@
 
 - ``cache``:        predictions by model identity and text (CACHE_REDIS_URL, may be its own server)
 - ``jobs``:         job records and the done lists that wake waiting requests
-- ``backpressure``: the queued-text budget behind 429 overloaded
+- ``backpressure``: the queued-text and queued-byte budgets behind 429 overloaded
+- ``memory``:       the byte budgets' sizes, from the main Redis's maxmemory
 - ``workers``:      heartbeats, the served model's identity, recent batch records
 - ``bulk``:         bulk jobs: records, texts, chunk results, the bulk queue budget
 - ``idempotency``:  Idempotency-Key claims of POST /predict and POST /jobs
+- ``webhooks``:     when each bulk job's next webhook attempt is due
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -18,6 +19,7 @@ from common.store.bulk import BulkJobs
 from common.store.cache import PredictionCache
 from common.store.idempotency import IdempotencyKeys
 from common.store.jobs import JobRecord, JobRecords
+from common.store.webhooks import WebhookSchedule
 from common.store.workers import WorkerRegistry
 
 __all__ = ["JobRecord", "Stores", "connect", "stores_from_settings"]
@@ -41,6 +43,7 @@ class Stores:
     workers: WorkerRegistry
     bulk: BulkJobs
     idempotency: IdempotencyKeys
+    webhooks: WebhookSchedule
 
     @classmethod
     def over(cls, main: redis.Redis, cache: redis.Redis | None = None, job_ttl_s: int = 3600, cache_ttl_s: int = 3600):
@@ -53,32 +56,15 @@ class Stores:
             workers=WorkerRegistry(main),
             bulk=BulkJobs(main, job_ttl_s),
             idempotency=IdempotencyKeys(main, job_ttl_s),
+            webhooks=WebhookSchedule(main),
         )
 
-    def enqueue_job(
-        self,
-        job_id: str,
-        texts: Sequence[str],
-        known: Sequence[list | None],
-        deadline: float,
-        new_texts: int,
-        max_queued_texts: int,
-    ) -> bool:
-        """Reserve room for a job's ``new_texts`` and, only when granted, store its record: one round trip.
-
-        False, with nothing written, when the queue has no room.
-        """
-        return self.queue.reserve(job_id, new_texts, max_queued_texts, self.jobs.new_record(job_id, texts, known, deadline))
-
-    def complete_jobs(self, model_identity: str, results_by_job: dict[str, dict[str, list]]) -> None:
-        """Cache the jobs' results, then mark each done, release its queue reservation and wake its waiter.
+    def complete_jobs(self, model_identity: str, computed: dict[str, list], results_by_job: dict[str, list | dict]) -> None:
+        """Cache the ``computed`` predictions, then end each job done with its results, giving back its budgets.
 
         Cached before anyone sees the answer, so a client that repeats its texts finds them in the
-        cache; one round trip when the cache is the main Redis. The reservation was normally released
-        when the job's batch started; releasing again is a no-op, and it frees the room when Redis was
-        away at that moment.
+        cache; one round trip when the cache is the main Redis.
         """
-        computed = {text: prediction for results in results_by_job.values() for text, prediction in results.items()}
         if self.cache.client is self.main:
             pipe = self.main.pipeline(transaction=False)
             self.cache.store(model_identity, computed, pipe)
@@ -86,18 +72,17 @@ class Stores:
             self.cache.store(model_identity, computed)
             pipe = self.main.pipeline(transaction=False)
         for job_id, results in results_by_job.items():
-            self.queue.release(job_id, pipe)
             self.jobs.finish(job_id, results, pipe)
         pipe.execute()
 
     def start_jobs(self, job_ids: list[str], pipeline: redis.client.Pipeline | None = None) -> None:
-        """Jobs whose batch starts: release their queue reservation and mark them running, in one round trip.
+        """Jobs whose batch starts: give back their queued texts and mark them running, in one round trip.
 
         With ``pipeline``, only queue the commands there.
         """
         pipe = pipeline or self.main.pipeline(transaction=False)
         for job_id in job_ids:
-            self.queue.release(job_id, pipe)
+            self.queue.release_texts(job_id, pipe)
             self.jobs.mark_running(job_id, pipe)
         if pipeline is None:
             pipe.execute()

@@ -1,6 +1,6 @@
 """Bulk jobs in Redis: up to MAX_JOB_TEXTS texts, scored in chunks, followed, paged, cancelled, deleted.
 
-Keys (``sentiment:`` prefix), all expiring JOB_TTL_S after the job's last activity:
+Keys (``common.store.keys``), all expiring JOB_TTL_S after the job's last activity:
 
 - ``bulk:<id>``          hash: status, total, chunks, chunk_texts, done, failed, created_at,
                          finished_at, metadata (JSON), callback_url, webhook_delivered_at.
@@ -8,8 +8,14 @@ Keys (``sentiment:`` prefix), all expiring JOB_TTL_S after the job's last activi
 - ``bulk:<id>:results``  hash: chunk index -> JSON list of that chunk's predictions (null: failed).
 - ``bulk:<id>:settled``  hash: chunk index -> done | failed | skipped. A chunk settles once, so a
                          redelivered chunk can neither count twice in progress nor release its
-                         queue budget twice.
-- ``bulk_queued_texts``  texts of all bulk jobs not yet settled, for MAX_QUEUED_BULK_TEXTS.
+                         budget twice.
+
+A job's budgets (MAX_QUEUED_BULK_TEXTS, MAX_QUEUED_BULK_BYTES) are kept per job, in hashes beside
+their totals: its texts come back chunk by chunk as they settle, its bytes when its texts are
+deleted (it ended, was cancelled or deleted, or could not be stored). Storing a job takes several
+round trips (a 32 MiB job is many pushes), so the reservation first writes a ``storing`` record
+that expires within STORING_TTL_S; a submission that fails, or whose web process dies, leaves
+nothing the API shows, and ``reclaim_orphans`` gives back what such a job reserved.
 
 Every change of state is one Lua script, so concurrent workers and the web side never see half of one.
 """
@@ -17,26 +23,61 @@ Every change of state is one Lua script, so concurrent workers and the web side 
 import json
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import IntEnum
 
 import redis
 
-from common.store.keys import PREFIX
+from common.jobs import BulkStatus
+from common.store.backpressure import Refusal, scan_hash_keys
+from common.store.keys import (
+    BULK_QUEUED_BYTES_KEY,
+    BULK_QUEUED_JOB_BYTES_KEY,
+    BULK_QUEUED_JOB_TEXTS_KEY,
+    BULK_QUEUED_TEXTS_KEY,
+    WEBHOOKS_DUE_KEY,
+    bulk_job_keys,
+    bulk_key,
+)
+from common.store.memory import ALLOCATOR_SLACK
+from common.store.scripts import ALLOW_OOM
 
-BULK_QUEUED_TEXTS_KEY = PREFIX + "bulk_queued_texts"
-ACTIVE = ("queued", "running")
-FINAL = ("done", "failed", "cancelled")
-# Texts per RPUSH when a job is stored: a few MiB per round trip at most.
+ACTIVE_STATUSES = tuple(status.value for status in BulkStatus if not status.is_final)
+FINAL_STATUSES = tuple(status.value for status in BulkStatus if status.is_final)
+# Record statuses the API never shows: a job still being stored, and a deleted one (kept as a
+# tombstone until it expires, so its redelivered chunks and retried submissions know it went).
+STORING = "storing"
+DELETED = "deleted"
+# How long a submission may take to store its texts before its job counts as abandoned.
+STORING_TTL_S = 300
+# Most texts, and most bytes of text, per RPUSH round trip when a job is stored.
 TEXTS_PER_PUSH = 2000
+BYTES_PER_PUSH = 4 * 2**20
+# Redis's cost per text beyond its UTF-8 bytes while its job is queued: its list entry, its share of
+# the chunk messages and of the results it will leave (about 90 bytes of JSON). Per job: the record,
+# hashes and budget entries (docs/deployment.md, "Sizing Redis").
+TEXT_OVERHEAD_BYTES = 128
+JOB_OVERHEAD_BYTES = 4096
+
+# The budgets' keys, in the order the scripts below take them after a job's own four keys.
+BUDGET_KEYS = [BULK_QUEUED_JOB_TEXTS_KEY, BULK_QUEUED_TEXTS_KEY, BULK_QUEUED_JOB_BYTES_KEY, BULK_QUEUED_BYTES_KEY]
 
 
-def bulk_key(job_id: str) -> str:
-    return f"{PREFIX}bulk:{job_id}"
+def chunk_count(total: int, chunk_texts: int) -> int:
+    """Chunks of a job of ``total`` texts."""
+    return -(-total // chunk_texts)
 
 
-def job_keys(job_id: str) -> list[str]:
-    base = bulk_key(job_id)
-    return [base, f"{base}:texts", f"{base}:results", f"{base}:settled"]
+def chunk_range(chunk: int, total: int, chunk_texts: int) -> tuple[int, int]:
+    """(start, stop) of chunk number ``chunk`` of a job of ``total`` texts."""
+    start = chunk * chunk_texts
+    return start, min(total, start + chunk_texts)
+
+
+def chunk_bounds(total: int, chunk_texts: int) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of a job of ``total`` texts, in order."""
+    return [chunk_range(chunk, total, chunk_texts) for chunk in range(chunk_count(total, chunk_texts))]
 
 
 def timestamp(seconds: float) -> str:
@@ -44,18 +85,71 @@ def timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# KEYS: counter. ARGV: texts, limit. 1 if the texts fit under the limit (and are counted), else 0.
-RESERVE = """
-local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
-if queued + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
-redis.call('INCRBY', KEYS[1], ARGV[1])
+def job_bytes(texts: Sequence[bytes]) -> int:
+    """The Redis bytes a job of ``texts`` (UTF-8) is charged while they are queued."""
+    return int(ALLOCATOR_SLACK * sum(map(len, texts))) + len(texts) * TEXT_OVERHEAD_BYTES + JOB_OVERHEAD_BYTES
+
+
+class ChunkSettlement(IntEnum):
+    """What settling a chunk did."""
+
+    ALREADY_SETTLED = 0  # a redelivered chunk: nothing changed
+    SETTLED = 1
+    ENDED_JOB = 2  # it was the job's last chunk, and the job ended (done or failed)
+
+
+# Shared by the scripts below. KEYS: job, texts, results, settled, then BUDGET_KEYS (5..8), webhooks due (9).
+# give_back(per_job, total, job_id, most): take up to `most` (all, if nil) of a job's entry back from the total.
+_BUDGET_LUA = """
+local function give_back(per_job, total, job_id, most)
+  local held = tonumber(redis.call('HGET', per_job, job_id))
+  if not held then return 0 end
+  local amount = held
+  if most and most < held then amount = most end
+  if amount >= held then redis.call('HDEL', per_job, job_id) else redis.call('HINCRBY', per_job, job_id, -amount) end
+  if redis.call('DECRBY', total, amount) < 0 then redis.call('SET', total, 0) end
+  return amount
+end
+local function drop_texts(job_id)
+  redis.call('DEL', KEYS[2])
+  give_back(KEYS[7], KEYS[8], job_id)
+end
+local function schedule_webhook(job_id, now)
+  if redis.call('HGET', KEYS[1], 'callback_url') ~= '' then redis.call('ZADD', KEYS[9], 'NX', now, job_id) end
+end
+"""
+
+# ARGV: job id, texts, max texts, bytes, max bytes, storing TTL. 0: reserved and a `storing` record
+# written; -1: over the texts budget, -2: over the bytes budget (nothing written).
+_RESERVE = (
+    _BUDGET_LUA
+    + """
+local job_id, texts, bytes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+if tonumber(redis.call('GET', KEYS[6]) or '0') + texts > tonumber(ARGV[3]) then return -1 end
+if tonumber(redis.call('GET', KEYS[8]) or '0') + bytes > tonumber(ARGV[5]) then return -2 end
+redis.call('HSET', KEYS[5], job_id, texts)
+redis.call('INCRBY', KEYS[6], texts)
+redis.call('HSET', KEYS[7], job_id, bytes)
+redis.call('INCRBY', KEYS[8], bytes)
+redis.call('HSET', KEYS[1], 'status', 'storing')
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 0
+"""
+)
+
+# ARGV: ttl, then field, value, ... of the record. Turns a `storing` job into a queued one; 0 if its
+# record expired meanwhile (the submission took too long).
+_STORED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'storing' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: job, texts, results, settled. ARGV: chunk.
-# The job's status once this chunk may start (queued becomes running), or 'settled' for a chunk
-# already settled, or false for a job that is gone.
-START_CHUNK = """
+# ARGV: chunk. The job's status once this chunk may start (queued becomes running), or 'settled'
+# for a chunk already settled, or false for a job that is gone.
+_START_CHUNK = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 'settled' end
@@ -66,70 +160,105 @@ end
 return status
 """
 
-# KEYS: job, texts, results, settled, counter.
-# ARGV: chunk, outcome (done|failed|skipped), results JSON, chunk texts, texts done, texts failed, ttl, now.
-# 0: already settled (a redelivery); 1: settled; 2: settled, and it ended the job.
-SETTLE_CHUNK = """
-if redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[2]) == 0 then return 0 end
-if redis.call('DECRBY', KEYS[5], ARGV[4]) < 0 then redis.call('SET', KEYS[5], 0) end
+# ARGV: job id, chunk, outcome (done|failed|skipped), results JSON, chunk texts, texts done, texts failed, ttl,
+# now (RFC 3339), now (Unix seconds).
+# It records the outcome of admitted work, so it runs even when Redis is full.
+_SETTLE_CHUNK = (
+    ALLOW_OOM
+    + _BUDGET_LUA
+    + """
+local job_id = ARGV[1]
+if redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[3]) == 0 then return 0 end
+give_back(KEYS[5], KEYS[6], job_id, tonumber(ARGV[5]))
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('DEL', KEYS[4])
   return 1
 end
-if ARGV[2] ~= 'skipped' and status ~= 'deleted' then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'done', ARGV[5])
-  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[6])
+if ARGV[3] ~= 'skipped' and status ~= 'deleted' then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'done', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[7])
 end
 local ended = 0
 if redis.call('HLEN', KEYS[4]) >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
-  redis.call('DEL', KEYS[2])
+  drop_texts(job_id)
   if status == 'queued' or status == 'running' then
     local final = 'done'
     if tonumber(redis.call('HGET', KEYS[1], 'failed')) > 0 then final = 'failed' end
-    redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[8])
+    redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[9])
+    schedule_webhook(job_id, ARGV[10])
     ended = 1
   end
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
 return 1 + ended
 """
+)
 
-# KEYS: job, texts, results, settled. ARGV: now, delete (0|1).
+# ARGV: job id, now (RFC 3339), delete (0|1), now (Unix seconds). Its chunks not settled yet give
+# their texts back at once; they settle as skipped when their messages come.
 # -1: no such job; 0: already ended (cancel only); 1: cancelled (or deleted) now; 2: deleted, had ended.
-CANCEL = """
+_CANCEL = (
+    ALLOW_OOM
+    + _BUDGET_LUA
+    + """
+local job_id = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'deleted' then return -1 end
+if not status or status == 'deleted' or status == 'storing' then return -1 end
 local active = status == 'queued' or status == 'running'
-if ARGV[2] == '1' then
+if active then
+  drop_texts(job_id)
+  give_back(KEYS[5], KEYS[6], job_id)
+end
+if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'deleted')
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[3])
   if active then return 1 end
   return 2
 end
 if not active then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+schedule_webhook(job_id, ARGV[4])
 return 1
 """
+)
 
-
-# KEYS: job, texts, results, settled, counter. ARGV: chunks, chunk texts, total.
-# Settles every chunk not yet settled as skipped and gives their texts back to the budget: for a
-# job whose chunks could not all be published. Chunks already published then settle as redeliveries.
-ABANDON = """
-local released = 0
-for chunk = 0, tonumber(ARGV[1]) - 1 do
-  if redis.call('HSETNX', KEYS[4], chunk, 'skipped') == 1 then
-    released = released + math.min(tonumber(ARGV[2]), tonumber(ARGV[3]) - chunk * tonumber(ARGV[2]))
-  end
-end
-if redis.call('DECRBY', KEYS[5], released) < 0 then redis.call('SET', KEYS[5], 0) end
-redis.call('HSET', KEYS[1], 'status', 'deleted')
-redis.call('DEL', KEYS[2], KEYS[3])
-return released
+# ARGV: job id. A job that could not be stored or published: every key goes, every budget comes back.
+# Chunks already published settle as skipped when they come (their job is gone).
+_ABANDON = (
+    ALLOW_OOM
+    + _BUDGET_LUA
+    + """
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+drop_texts(ARGV[1])
+return give_back(KEYS[5], KEYS[6], ARGV[1])
 """
+)
+
+# ARGV: job id. Gives back what a job still holds if its record is gone or it has ended; 1 if it did.
+_RECLAIM = (
+    ALLOW_OOM
+    + _BUDGET_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'storing' or status == 'queued' or status == 'running' then return 0 end
+give_back(KEYS[5], KEYS[6], ARGV[1])
+give_back(KEYS[7], KEYS[8], ARGV[1])
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class NewBulkJob:
+    """A bulk job to store: its texts as UTF-8."""
+
+    job_id: str
+    texts: Sequence[bytes]
+    chunk_texts: int
+    metadata: dict | None = None
+    callback_url: str | None = None
 
 
 class BulkJobs:
@@ -138,108 +267,143 @@ class BulkJobs:
     def __init__(self, client: redis.Redis, ttl_s: int):
         self.client = client
         self.ttl_s = ttl_s
-        self._reserve = client.register_script(RESERVE)
-        self._start_chunk = client.register_script(START_CHUNK)
-        self._settle_chunk = client.register_script(SETTLE_CHUNK)
-        self._cancel = client.register_script(CANCEL)
-        self._abandon = client.register_script(ABANDON)
+        self._reserve = client.register_script(_RESERVE)
+        self._stored = client.register_script(_STORED)
+        self._start_chunk = client.register_script(_START_CHUNK)
+        self._settle_chunk = client.register_script(_SETTLE_CHUNK)
+        self._cancel = client.register_script(_CANCEL)
+        self._abandon = client.register_script(_ABANDON)
+        self._reclaim = client.register_script(_RECLAIM)
 
-    def create(
-        self,
-        job_id: str,
-        texts: Sequence[str],
-        chunk_texts: int,
-        max_queued_texts: int,
-        metadata: dict | None = None,
-        callback_url: str | None = None,
-    ) -> bool:
-        """Store a queued job and count its texts in the bulk budget; False (nothing stored) when over it."""
-        if not self._reserve(keys=[BULK_QUEUED_TEXTS_KEY], args=[len(texts), max_queued_texts]):
-            return False
-        job, texts_key, _, _ = job_keys(job_id)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for start in range(0, len(texts), TEXTS_PER_PUSH):
-                pipe.rpush(texts_key, *texts[start : start + TEXTS_PER_PUSH])
-            pipe.expire(texts_key, self.ttl_s)
-            pipe.hset(
-                job,
-                mapping={
-                    "status": "queued",
-                    "total": len(texts),
-                    "chunks": -(-len(texts) // chunk_texts),
-                    "chunk_texts": chunk_texts,
-                    "done": 0,
-                    "failed": 0,
-                    "created_at": timestamp(time.time()),
-                    "finished_at": "",
-                    "metadata": json.dumps(metadata or {}),
-                    "callback_url": callback_url or "",
-                },
+    def _keys(self, job_id: str) -> list[str]:
+        return [*bulk_job_keys(job_id), *BUDGET_KEYS, WEBHOOKS_DUE_KEY]
+
+    def create(self, job: NewBulkJob, max_texts: int, max_bytes: int) -> Refusal | None:
+        """Reserve the job's budgets, then store it queued; the Refusal, with nothing stored, when over a budget.
+
+        If storing fails part way (Redis full or away), what was stored goes and the budgets come
+        back before the error is raised.
+        """
+        total, size = len(job.texts), job_bytes(job.texts)
+        keys = self._keys(job.job_id)
+        code = int(self._reserve(keys=keys, args=[job.job_id, total, max_texts, size, max_bytes, STORING_TTL_S]))
+        if code == -1:
+            return Refusal(
+                "MAX_QUEUED_BULK_TEXTS",
+                f"bulk texts queued plus this job's {total} would pass MAX_QUEUED_BULK_TEXTS ({max_texts})",
             )
-            pipe.expire(job, self.ttl_s)
-            pipe.execute()
-        except redis.RedisError:
-            self.client.decrby(BULK_QUEUED_TEXTS_KEY, len(texts))
+        if code == -2:
+            return Refusal(
+                "MAX_QUEUED_BULK_BYTES",
+                f"bulk bytes queued plus this job's {size} would pass MAX_QUEUED_BULK_BYTES ({max_bytes})",
+            )
+        try:
+            self._push_texts(keys[1], job.texts)
+            record = {
+                "status": BulkStatus.QUEUED.value,
+                "total": total,
+                "chunks": chunk_count(total, job.chunk_texts),
+                "chunk_texts": job.chunk_texts,
+                "done": 0,
+                "failed": 0,
+                "created_at": timestamp(time.time()),
+                "finished_at": "",
+                "metadata": json.dumps(job.metadata or {}),
+                "callback_url": job.callback_url or "",
+            }
+            if not self._stored(keys=keys[:2], args=[self.ttl_s, *(item for pair in record.items() for item in pair)]):
+                raise redis.TimeoutError(f"bulk job {job.job_id} took over {STORING_TTL_S}s to store")
+        except BaseException:
+            self.abandon(job.job_id)
             raise
-        return True
+        return None
+
+    def _push_texts(self, texts_key: str, texts: Sequence[bytes]) -> None:
+        """RPUSH the texts a few MiB per round trip, each push keeping the list's short storing TTL."""
+        batch, batch_bytes = [], 0
+        for text in texts:
+            batch.append(text)
+            batch_bytes += len(text)
+            if len(batch) >= TEXTS_PER_PUSH or batch_bytes >= BYTES_PER_PUSH:
+                self._push(texts_key, batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._push(texts_key, batch)
+
+    def _push(self, texts_key: str, batch: list[bytes]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(texts_key, *batch)
+        pipe.expire(texts_key, STORING_TTL_S)
+        pipe.execute()
+
+    def abandon(self, job_id: str) -> None:
+        """Forget a job that could not be stored or published: its keys go, its budgets come back."""
+        self._abandon(keys=self._keys(job_id), args=[job_id])
 
     def get(self, job_id: str) -> dict | None:
-        """The job's record, or None when it is unknown, expired or deleted."""
+        """The job's record, or None when it is unknown, expired, deleted or still being stored."""
         record = self.client.hgetall(bulk_key(job_id))
-        if not record or record["status"] == "deleted":
+        if not record or record["status"] in (DELETED, STORING):
             return None
         return record
 
     def status(self, job_id: str) -> str | None:
-        """The job's status, 'deleted' included; None when unknown or expired."""
+        """The job's status, 'deleted' and 'storing' included; None when unknown or expired."""
         return self.client.hget(bulk_key(job_id), "status")
 
     def start_chunk(self, job_id: str, chunk: int) -> str | None:
         """The job's status as the chunk starts ('settled' if it already was); None if the job is gone."""
-        return self._start_chunk(keys=job_keys(job_id), args=[chunk])
+        return self._start_chunk(keys=bulk_job_keys(job_id), args=[chunk])
 
     def chunk_texts(self, job_id: str, start: int, stop: int) -> list[str]:
         """The texts of one chunk: empty if the job was cancelled or has ended meanwhile."""
-        return self.client.lrange(job_keys(job_id)[1], start, stop - 1)
+        return self.client.lrange(bulk_job_keys(job_id)[1], start, stop - 1)
 
-    def settle_chunk(self, job_id: str, chunk: int, outcome: str, texts: int, predictions: Sequence | None = None) -> int:
-        """Record a chunk's outcome once: 0 already settled, 1 settled, 2 settled and the job ended."""
+    def settle_chunk(
+        self, job_id: str, chunk: int, outcome: str, texts: int, predictions: Sequence | None = None
+    ) -> ChunkSettlement:
+        """Record a chunk's outcome once; the job's webhook is scheduled when its last chunk ends it."""
         values = list(predictions) if predictions is not None else [None] * texts
         done = sum(prediction is not None for prediction in values)
         failed = texts - done if outcome != "skipped" else 0
-        return self._settle_chunk(
-            keys=[*job_keys(job_id), BULK_QUEUED_TEXTS_KEY],
-            args=[chunk, outcome, json.dumps(values), texts, done, failed, self.ttl_s, timestamp(time.time())],
+        now = time.time()
+        return ChunkSettlement(
+            self._settle_chunk(
+                keys=self._keys(job_id),
+                args=[job_id, chunk, outcome, json.dumps(values), texts, done, failed, self.ttl_s, timestamp(now), now],
+            )
         )
 
     def cancel(self, job_id: str) -> int:
-        """-1 unknown, 0 already ended, 1 cancelled now."""
-        return self._cancel(keys=job_keys(job_id), args=[timestamp(time.time()), 0])
+        """-1 unknown, 0 already ended, 1 cancelled now (its webhook, if any, is scheduled)."""
+        now = time.time()
+        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 0, now])
 
     def delete(self, job_id: str) -> int:
         """-1 unknown; 1 deleted while it ran (so also cancelled); 2 deleted after it ended."""
-        return self._cancel(keys=job_keys(job_id), args=[timestamp(time.time()), 1])
+        now = time.time()
+        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 1, now])
 
-    def abandon(self, job_id: str) -> None:
-        """Give up a job whose chunks could not all be published: it disappears, its budget is released."""
-        record = self.client.hgetall(bulk_key(job_id))
-        if record:
-            self._abandon(
-                keys=[*job_keys(job_id), BULK_QUEUED_TEXTS_KEY], args=[record["chunks"], record["chunk_texts"], record["total"]]
-            )
+    def reclaim_orphans(self, scan_count: int = 500) -> int:
+        """Give back the budgets still held by jobs that are gone or ended (a web process died storing one); how many."""
+        reclaimed = 0
+        for key in (BULK_QUEUED_JOB_BYTES_KEY, BULK_QUEUED_JOB_TEXTS_KEY):
+            for job_ids in scan_hash_keys(self.client, key, scan_count):
+                for job_id in job_ids:
+                    reclaimed += int(self._reclaim(keys=self._keys(job_id), args=[job_id]))
+        return reclaimed
 
     def results(self, record: dict, job_id: str, offset: int, limit: int) -> list:
         """Predictions of texts offset..offset+limit-1 in input order; None where not scored (yet)."""
-        stop = min(int(record["total"]), offset + limit)
+        total, size = int(record["total"]), int(record["chunk_texts"])
+        stop = min(total, offset + limit)
         if stop <= offset:
             return []
-        size = int(record["chunk_texts"])
         first, last = offset // size, (stop - 1) // size
-        chunks = self.client.hmget(job_keys(job_id)[2], list(range(first, last + 1)))
+        chunks = self.client.hmget(bulk_job_keys(job_id)[2], list(range(first, last + 1)))
         predictions = []
         for chunk, value in zip(range(first, last + 1), chunks):
-            start, end = chunk * size, min(int(record["total"]), (chunk + 1) * size)
+            start, end = chunk_range(chunk, total, size)
             predictions.extend(json.loads(value) if value else [None] * (end - start))
         return predictions[offset - first * size : stop - first * size]
 
@@ -256,6 +420,10 @@ class BulkJobs:
     def queued_texts(self) -> int:
         """Texts of bulk jobs not yet settled (what MAX_QUEUED_BULK_TEXTS bounds)."""
         return int(self.client.get(BULK_QUEUED_TEXTS_KEY) or 0)
+
+    def queued_bytes(self) -> int:
+        """Redis bytes of bulk jobs' texts not yet deleted (what MAX_QUEUED_BULK_BYTES bounds)."""
+        return int(self.client.get(BULK_QUEUED_BYTES_KEY) or 0)
 
 
 def status_view(job_id: str, record: dict) -> dict:

@@ -7,11 +7,13 @@ the key with SET NX before it creates its job, so two concurrent retries cannot 
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
-from common.store.keys import PREFIX
+from common.store.keys import idempotency_key
+from common.store.scripts import ALLOW_OOM
 
 # Longest accepted key (Stripe and the IETF draft use UUIDs or similar).
 MAX_KEY_LENGTH = 255
@@ -25,19 +27,45 @@ class Claim:
     job_id: str
 
 
+# Forget a claim only while it still names this job: a retry may have pointed it elsewhere meanwhile.
+_RELEASE_IF_BOUND_SCRIPT = (
+    ALLOW_OOM
+    + """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, -string.len(ARGV[1]) - 1) == ' ' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def body_hash(body) -> str:
     """Hash of a request's parsed body, so formatting (spaces, key order) does not matter."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def job_body_hash(texts: Sequence[bytes], callback_url, metadata) -> str:
+    """``body_hash`` of a bulk job's body ({"text", "callback_url", "metadata"}), its texts hashed one at a time."""
+    digest = hashlib.sha256()
+    digest.update(f'{{"callback_url":{canonical_json(callback_url)},"metadata":{canonical_json(metadata)},"text":['.encode())
+    for index, text in enumerate(texts):
+        digest.update((b"," if index else b"") + canonical_json(text.decode("utf-8")).encode())
+    digest.update(b"]}")
+    return digest.hexdigest()
 
 
 class IdempotencyKeys:
     def __init__(self, client: redis.Redis, ttl_s: int):
         self.client = client
         self.ttl_s = ttl_s
+        self._release_if_bound = client.register_script(_RELEASE_IF_BOUND_SCRIPT)
 
     @staticmethod
     def _key(route: str, key: str) -> str:
-        return f"{PREFIX}idempotency:{route}:{hashlib.sha256(key.encode()).hexdigest()}"
+        return idempotency_key(route, key)
 
     def claim(self, route: str, key: str, hashed_body: str, job_id: str) -> Claim | None:
         """Claim ``key`` for this body and job; None when claimed now, else the earlier claim."""
@@ -56,6 +84,10 @@ class IdempotencyKeys:
     def release(self, route: str, key: str) -> None:
         """Forget a claim whose request created nothing (refused, or its publish failed), so a retry can."""
         self.client.delete(self._key(route, key))
+
+    def release_if_bound_to(self, route: str, key: str, job_id: str) -> None:
+        """Forget a claim that names ``job_id``, a job whose creation failed, so a retry creates one."""
+        self._release_if_bound(keys=[self._key(route, key)], args=[job_id])
 
     def point_to(self, route: str, key: str, hashed_body: str, job_id: str) -> None:
         """Point a claim at the job a later retry created (the cache had lost a text meanwhile)."""

@@ -1,13 +1,18 @@
-"""Job records: a hash per job, so status changes are single-field writes that keep the key's TTL.
+"""Job records of /predict: a hash per job, so status changes are single-field writes that keep the key's TTL.
 
-A record holds the request's texts, the predictions the cache already knew, and, once the job is
-done, the worker's ``results`` ({text: prediction} for the texts it computed); readers merge the
-two. Ending a job (done or failed) is one script: it records the outcome and pushes it to the
-job's done list, so a waiting request wakes from BLPOP with the results in hand, without reading
-the record again. A record that expired is never recreated.
+A record holds each text its job computes once (``texts``: the request's distinct uncached texts,
+as UTF-8 JSON), and ``slots``: one per text of the request, in order, either the prediction the
+cache already knew or the index of the text in ``texts``. The worker's ``results`` list the
+predictions of ``texts`` in that order. Enqueueing is one script: it reserves the job's room in the
+queue budgets (common.store.backpressure) and writes the record only when granted. Ending a job
+(done or failed) is one script too: it records the outcome, deletes ``texts`` (a finished record
+keeps only what answers it), gives back the job's budgets, and pushes the outcome to the job's
+done list, so a waiting request wakes from BLPOP with the results in hand. A record that expired
+is never recreated.
 """
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +20,27 @@ from dataclasses import dataclass
 import redis
 
 from common.jobs import JobError, JobStatus
+from common.store.backpressure import BUDGET_KEYS, BUDGET_LUA, Refusal, refusal
 from common.store.keys import done_key, job_key
-from common.store.scripts import run_script
+from common.store.memory import ALLOCATOR_SLACK
+from common.store.scripts import ALLOW_OOM, run_script
+
+# Redis's own cost of a job beyond its texts: the record's key and fields, its budget entries, its
+# done list and its Celery message's envelope (measured: docs/deployment.md, "Sizing Redis").
+JOB_OVERHEAD_BYTES = 3584
+
+# Reserve the job's texts and bytes; only when granted, store its record (ARGV[7..]: field, value, ...).
+_ENQUEUE_SCRIPT = (
+    BUDGET_LUA
+    + """
+local record = KEYS[5]
+local code = reserve(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+if code < 0 then return code end
+redis.call('HSET', record, unpack(ARGV, 7))
+redis.call('EXPIRE', record, ARGV[6])
+return 0
+"""
+)
 
 # queued -> running, and nothing else: a redelivered job that already ended stays ended.
 _MARK_RUNNING_SCRIPT = """
@@ -27,87 +51,146 @@ redis.call('HSET', record, 'status', running)
 return 1
 """
 
-# End a live job: final status, the error code when failed or the results when done, then hand
-# the outcome (the results JSON, or '' when failed) to whoever waits on the done list. A job that
-# already ended stays as it ended: a redelivered copy that ran alongside the first (its message
-# came back after the visibility timeout) neither ends it again nor turns done into failed.
-_END_SCRIPT = """
-local record, done_list = KEYS[1], KEYS[2]
-local final_status, error_code, results, ttl_s = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local done, failed = ARGV[5], ARGV[6]
+# End a live job: give back its budgets, record the final status with the error code (failed) or
+# the results (done), drop its texts, and hand the outcome (the results JSON, or '' when failed)
+# to whoever waits on the done list. A job that already ended stays as it ended: a redelivered
+# copy that ran alongside the first (its message came back after the visibility timeout) neither
+# ends it again nor turns done into failed. It records the outcome of admitted work, so it runs
+# even when Redis is full.
+_END_SCRIPT = (
+    ALLOW_OOM
+    + BUDGET_LUA
+    + """
+local record, done_list = KEYS[5], KEYS[6]
+local job_id, final_status, error_code, results, ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local done, failed = ARGV[6], ARGV[7]
+give_back(KEYS[1], KEYS[2], job_id)
+give_back(KEYS[3], KEYS[4], job_id)
 local status = redis.call('HGET', record, 'status')
 if not status or status == done or status == failed then return 0 end
 redis.call('HSET', record, 'status', final_status)
 if error_code ~= '' then redis.call('HSET', record, 'error', error_code) end
 if results ~= '' then redis.call('HSET', record, 'results', results) end
+-- A record of the previous release's web (no slots) maps results by text, so keeps its texts.
+if redis.call('HEXISTS', record, 'slots') == 1 then redis.call('HDEL', record, 'texts') end
 redis.call('RPUSH', done_list, results)
 redis.call('EXPIRE', done_list, ttl_s)
 return 1
 """
+)
+
+# A job that will never run (its publish failed): its record goes, and its budgets come back.
+_ABANDON_SCRIPT = (
+    ALLOW_OOM
+    + BUDGET_LUA
+    + """
+give_back(KEYS[1], KEYS[2], ARGV[1])
+give_back(KEYS[3], KEYS[4], ARGV[1])
+return redis.call('DEL', KEYS[5])
+"""
+)
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as stored: the request's texts in order and the predictions known so far."""
+    """One job as stored: its status and the predictions known so far, in the request's order (None: not yet)."""
 
     job_id: str
     status: JobStatus
-    texts: list[str]
     predictions: list[list | None]
     deadline: float
     error: JobError | None
 
 
 @dataclass(frozen=True)
-class JobRecordWrite:
-    """A job record to write: its key, its fields and its TTL."""
+class NewJob:
+    """A queued job's record as it will be written, and the Redis bytes it will hold until it ends."""
 
-    key: str
+    job_id: str
+    texts: list[str]
+    slots: list
     fields: dict
-    ttl_s: int
+    bytes: int
+
+
+def new_job(job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> NewJob:
+    """The record of a job for a request's ``texts``, of which ``known`` already have predictions.
+
+    Each distinct unknown text is stored once, unescaped; the bytes count it twice, for the record
+    and for the Celery message that carries it to a worker (JSON with \\u escapes, then base64).
+    """
+    missing = list(dict.fromkeys(text for text, prediction in zip(texts, known) if prediction is None))
+    position = {text: index for index, text in enumerate(missing)}
+    slots = [prediction if prediction is not None else position[text] for text, prediction in zip(texts, known)]
+    texts_json = json.dumps(missing, ensure_ascii=False)
+    slots_json = json.dumps(slots)
+    escaped_length = len(texts_json) if texts_json.isascii() else len(json.dumps(missing))
+    fields = {
+        "status": JobStatus.QUEUED.value,
+        "texts": texts_json,
+        "slots": slots_json,
+        "deadline": deadline,
+        "created_at": time.time(),
+    }
+    message_bytes = 4 * math.ceil(escaped_length / 3)
+    size = int(ALLOCATOR_SLACK * (len(texts_json.encode("utf-8")) + len(slots_json) + message_bytes)) + JOB_OVERHEAD_BYTES
+    return NewJob(job_id, missing, slots, fields, size)
+
+
+def merged_predictions(slots: Sequence, results: Sequence | dict, texts: Sequence[str] = ()) -> list[list]:
+    """The request's predictions in order: known ones from ``slots``, the rest from the job's ``results``.
+
+    ``results`` is a list in the order of the job's texts; a dict by text (with the job's ``texts``)
+    is what workers of the previous release write, until none runs any more.
+    """
+    by_index = results if isinstance(results, list) else [results[text] for text in texts]
+    return [slot if isinstance(slot, list) else by_index[slot] for slot in slots]
 
 
 class JobRecords:
-    """Create, read, start, finish and fail job records, and wait for them to end."""
+    """Enqueue, read, start, finish, fail and abandon job records, and wait for them to end."""
 
     def __init__(self, client: redis.Redis, ttl_s: int):
         self.client = client
         self.ttl_s = ttl_s
+        self._enqueue = client.register_script(_ENQUEUE_SCRIPT)
         self._mark_running = client.register_script(_MARK_RUNNING_SCRIPT)
         self._end = client.register_script(_END_SCRIPT)
+        self._abandon = client.register_script(_ABANDON_SCRIPT)
 
-    def create(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> None:
-        """Store a queued job: the request's texts in order, with the predictions already known."""
-        record = self.new_record(job_id, texts, known, deadline)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(record.key, mapping=record.fields)
-        pipe.expire(record.key, record.ttl_s)
-        pipe.execute()
+    def enqueue(self, job: NewJob, max_texts: int, max_bytes: int) -> Refusal | None:
+        """Reserve the job's new texts and bytes and, only when granted, store its record: one round trip.
 
-    def new_record(self, job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> JobRecordWrite:
-        """What ``create`` writes for a queued job, for a caller that writes it with other commands."""
-        fields = {
-            "status": JobStatus.QUEUED.value,
-            "texts": json.dumps(list(texts)),
-            "predictions": json.dumps(list(known)),
-            "deadline": deadline,
-            "created_at": time.time(),
-        }
-        return JobRecordWrite(job_key(job_id), fields, self.ttl_s)
+        The Refusal, with nothing written, when the queue has no room.
+        """
+        new_texts = len(job.texts)
+        args = [job.job_id, new_texts, max_texts, job.bytes, max_bytes, self.ttl_s]
+        args += [item for pair in job.fields.items() for item in pair]
+        code = int(self._enqueue(keys=[*BUDGET_KEYS, job_key(job.job_id)], args=args))
+        return refusal(code, new_texts, job.bytes, max_texts, max_bytes)
+
+    def abandon(self, job_id: str) -> None:
+        """Forget a job that will never run (its publish failed): its record goes, its budgets come back."""
+        self._abandon(keys=[*BUDGET_KEYS, job_key(job_id)], args=[job_id])
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""
         fields = self.client.hgetall(job_key(job_id))
         if not fields:
             return None
-        texts = json.loads(fields["texts"])
-        predictions = json.loads(fields["predictions"])
-        if "results" in fields:
-            predictions = merge_results(texts, predictions, json.loads(fields["results"]))
+        results = json.loads(fields["results"]) if "results" in fields else None
+        if "slots" in fields:
+            slots = json.loads(fields["slots"])
+            if results is None:
+                predictions = [slot if isinstance(slot, list) else None for slot in slots]
+            else:
+                predictions = merged_predictions(slots, results, json.loads(fields.get("texts", "[]")))
+        else:  # written by a web process of the previous release (every text, results by text), until none runs
+            known, texts = json.loads(fields["predictions"]), json.loads(fields["texts"])
+            predictions = [prediction or (results or {}).get(text) for prediction, text in zip(known, texts)]
         return JobRecord(
             job_id=job_id,
             status=JobStatus(fields["status"]),
-            texts=texts,
             predictions=predictions,
             deadline=float(fields["deadline"]),
             error=JobError(fields["error"]) if fields.get("error") else None,
@@ -126,23 +209,23 @@ class JobRecords:
             self._mark_running, [job_key(job_id)], [JobStatus.QUEUED.value, JobStatus.RUNNING.value], pipeline or self.client
         )
 
-    def finish(self, job_id: str, results: dict[str, list], pipeline: redis.client.Pipeline | None = None) -> None:
+    def finish(self, job_id: str, results: list | dict, pipeline: redis.client.Pipeline | None = None) -> None:
         """Mark the job done with the predictions of the texts it computed, and hand them to any waiter."""
         self._end_job(job_id, JobStatus.DONE, "", json.dumps(results), pipeline)
 
-    def fail(self, job_id: str, reason: JobError) -> None:
+    def fail(self, job_id: str, reason: JobError, pipeline: redis.client.Pipeline | None = None) -> None:
         """Mark the job failed with its reason and wake any waiter."""
-        self._end_job(job_id, JobStatus.FAILED, JobError(reason).value, "")
+        self._end_job(job_id, JobStatus.FAILED, JobError(reason).value, "", pipeline)
 
     def _end_job(self, job_id: str, final_status: JobStatus, error_code: str, results: str, pipeline=None) -> None:
         run_script(
             self._end,
-            [job_key(job_id), done_key(job_id)],
-            [final_status.value, error_code, results, self.ttl_s, JobStatus.DONE.value, JobStatus.FAILED.value],
+            [*BUDGET_KEYS, job_key(job_id), done_key(job_id)],
+            [job_id, final_status.value, error_code, results, self.ttl_s, JobStatus.DONE.value, JobStatus.FAILED.value],
             pipeline or self.client,
         )
 
-    def wait_for_results(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> dict[str, list] | None:
+    def wait_for_results(self, blocking: redis.Redis, job_id: str, timeout_s: float) -> list | dict | None:
         """Block (on a client whose read timeout exceeds ``timeout_s``) until the job ends.
 
         The computed texts' predictions when it ended done; None when it failed or the time ran out.
@@ -152,8 +235,3 @@ class JobRecords:
         # BLPOP takes a float timeout; 0 would mean forever.
         popped = blocking.blpop([done_key(job_id)], timeout=max(timeout_s, 0.001))
         return json.loads(popped[1]) if popped and popped[1] else None
-
-
-def merge_results(texts: Sequence[str], known: Sequence[list | None], results: dict[str, list]) -> list[list]:
-    """The request's predictions in order: those known at submission, the rest from the job's results."""
-    return [prediction if prediction is not None else results[text] for text, prediction in zip(texts, known)]

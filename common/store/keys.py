@@ -1,12 +1,26 @@
 """Every Redis key the service uses, in one place (``sentiment:`` prefix).
 
-- ``job:<uuid4>``             job record (hash: status, texts, predictions, deadline, error), expires after JOB_TTL_S.
-- ``job:<uuid4>:done``        list pushed once when the job ends, so the web side can BLPOP instead of polling.
-- ``cache:<model>:<sha256>``  one text's prediction, expires after CACHE_TTL_S (in CACHE_REDIS_URL).
-- ``model``                   identity (name@weights-hash) of the model the workers serve; part of every cache key.
-- ``workers``                 sorted set: worker name -> last heartbeat time, for /ready.
-- ``queued`` / ``queued_texts``  texts waiting for a batch, per job and in total, for backpressure.
-- ``batches``                 the most recent batch records (texts, tokens, seconds), for tests and diagnostics.
+/predict jobs (JOB_TTL_S after they are created):
+- ``job:<uuid4>``              job record (hash: status, texts, slots, results, deadline, error, ...).
+- ``job:<uuid4>:done``         list pushed once when the job ends, so the web side can BLPOP instead of polling.
+- ``queued`` / ``queued_texts``              texts waiting for a batch, per job and in total (MAX_QUEUED_TEXTS).
+- ``queued_bytes_by_job`` / ``queued_bytes``  Redis bytes of jobs not yet ended, per job and in total (MAX_QUEUED_BYTES).
+
+Bulk jobs (JOB_TTL_S after their last activity):
+- ``bulk:<uuid4>``             job record (hash); ``:texts`` list, ``:results`` and ``:settled`` hashes (common.store.bulk).
+- ``bulk_queued_texts_by_job`` / ``bulk_queued_texts``  texts of bulk jobs not yet settled, per job and in
+                               total (MAX_QUEUED_BULK_TEXTS).
+- ``bulk_queued_bytes_by_job`` / ``bulk_queued_bytes``  Redis bytes of bulk jobs' texts, per job and in total
+                               (MAX_QUEUED_BULK_BYTES), given back when a job's texts are deleted.
+- ``webhooks_due``             sorted set: bulk job id -> when its next webhook attempt is due (common.store.webhooks).
+
+Shared:
+- ``cache:<model>:<sha256>``   one text's prediction, expires after CACHE_TTL_S (in CACHE_REDIS_URL).
+- ``idempotency:<route>:<sha256>``  an Idempotency-Key's claim: its body hash and job (JOB_TTL_S).
+- ``model``                    identity (name@weights-hash) of the model the workers serve; part of every cache key.
+- ``workers``                  sorted set: worker name -> last heartbeat time, for /ready.
+- ``batches``                  the most recent batch records (texts, tokens, seconds), for tests and diagnostics.
+- ``auth_failures:<address>``  failed X-API-Key attempts of one client address in the current minute.
 """
 
 import hashlib
@@ -16,7 +30,14 @@ MODEL_KEY = PREFIX + "model"
 WORKERS_KEY = PREFIX + "workers"
 QUEUED_JOBS_KEY = PREFIX + "queued"
 QUEUED_TEXTS_KEY = PREFIX + "queued_texts"
+QUEUED_JOB_BYTES_KEY = PREFIX + "queued_bytes_by_job"
+QUEUED_BYTES_KEY = PREFIX + "queued_bytes"
 BATCHES_KEY = PREFIX + "batches"
+BULK_QUEUED_TEXTS_KEY = PREFIX + "bulk_queued_texts"
+BULK_QUEUED_JOB_TEXTS_KEY = PREFIX + "bulk_queued_texts_by_job"
+BULK_QUEUED_JOB_BYTES_KEY = PREFIX + "bulk_queued_bytes_by_job"
+BULK_QUEUED_BYTES_KEY = PREFIX + "bulk_queued_bytes"
+WEBHOOKS_DUE_KEY = PREFIX + "webhooks_due"
 
 
 def job_key(job_id: str) -> str:
@@ -29,3 +50,21 @@ def done_key(job_id: str) -> str:
 
 def cache_key(model_identity: str, text: str) -> str:
     return f"{PREFIX}cache:{model_identity}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def bulk_key(job_id: str) -> str:
+    return f"{PREFIX}bulk:{job_id}"
+
+
+def bulk_job_keys(job_id: str) -> list[str]:
+    """A bulk job's record, texts, results and settled chunks."""
+    base = bulk_key(job_id)
+    return [base, f"{base}:texts", f"{base}:results", f"{base}:settled"]
+
+
+def idempotency_key(route: str, key: str) -> str:
+    return f"{PREFIX}idempotency:{route}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def auth_failures_key(address: str) -> str:
+    return f"{PREFIX}auth_failures:{address}"

@@ -5,6 +5,11 @@ from collections.abc import Sequence
 import redis
 from redis.commands.core import Script
 
+# First line of a script that must run even when Redis is at maxmemory: one that only gives back
+# budgets, deletes, or records the outcome of work already admitted. Without it Redis refuses a
+# script's first write that could add memory (DECRBY included) once used_memory passes maxmemory.
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 
 def run_script(script: Script, keys: Sequence, args: Sequence, client: redis.Redis | redis.client.Pipeline):
     """Run ``script`` on ``client``, or queue it when ``client`` is a pipeline.
