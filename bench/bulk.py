@@ -8,7 +8,8 @@ Starts a private Redis, one worker and gunicorn (2 processes) on loopback, then,
 2. a bulk job of --texts texts (SST-2 dev sentences, each with a tag so none repeats) alone: its
    texts per second from submission to done, and the Redis memory it holds (texts after
    submission; results, record and settled chunks at the end) per 10,000 texts;
-3. interactive again while a second bulk job of new texts runs (checked to run throughout);
+3. interactive again while a second bulk job of new texts runs (checked to run throughout), and
+   bulk's share of the worker's forward-pass seconds meanwhile (BULK_MIN_SHARE is its floor);
 4. the ceiling: the model in this process on 4,000 of the bulk job's texts, length-sorted batches of 64
    (after the stack is stopped, so nothing shares the cores).
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from bench.run import ceiling, k6_figures, run_k6
+from bench.run import ceiling, k6_figures, run_k6, scrape, total
 from common.settings import Settings
 from common.store.keys import bulk_job_keys
 from model.core import default_threads
@@ -71,7 +72,14 @@ def main() -> None:
     server = RedisServer(appendfsync="everysec")
     server.start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
-    env = {"REDIS_URL": server.url, "WORKER_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    metrics_port = free_port()
+    env = {"REDIS_URL": server.url, "WORKER_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def forward_seconds() -> dict[str, float]:
+        samples = scrape(metrics_url)
+        return {lane: total(samples, "sentiment_worker_forward_seconds_total", lane=lane) for lane in ("interactive", "bulk")}
+
     processes = []
     report: dict = {"texts": args.texts, "settings": {"bulk_chunk_texts": Settings().bulk_chunk_texts}}
     try:
@@ -107,7 +115,13 @@ def main() -> None:
 
         second = request(f"{web}/jobs", {"text": tagged(sentences, args.texts, 2)})["job_id"]
         wait_until(lambda: request(f"{web}/jobs/{second}")["progress"]["done"] > 0, 60, "the second job to start")
+        before = forward_seconds()
         report["interactive_during_bulk"] = interactive(web, sentences_file, args.duration, args.out, "during", 202)
+        after = forward_seconds()
+        spent = {lane: after[lane] - before[lane] for lane in after}
+        report["forward_seconds_during_interactive"] = spent
+        report["bulk_share_under_load"] = spent["bulk"] / (spent["bulk"] + spent["interactive"])
+        report["bulk_min_share"] = Settings.from_env(environ={}).bulk_min_share
         during = request(f"{web}/jobs/{second}")
         report["bulk_ran_throughout"] = during["status"] == "running"
         report["bulk_done_during_interactive"] = during["progress"]["done"]
@@ -123,7 +137,8 @@ def main() -> None:
     report["bulk_over_ceiling"] = report["bulk_alone"]["texts_per_s"] / report["ceiling_texts_per_s"]
     report["interactive_p99_ratio"] = report["interactive_during_bulk"]["p99_ms"] / report["interactive_alone"]["p99_ms"]
     (args.out / "bulk.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({key: report[key] for key in ("ceiling_texts_per_s", "bulk_over_ceiling", "interactive_p99_ratio")}))
+    headline = ("ceiling_texts_per_s", "bulk_over_ceiling", "interactive_p99_ratio", "bulk_share_under_load", "bulk_min_share")
+    print(json.dumps({key: report[key] for key in headline}))
 
 
 if __name__ == "__main__":

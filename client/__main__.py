@@ -1,6 +1,7 @@
-"""Score a file of texts with one bulk job, writing results as they are ready.
+"""Score a file of texts with one bulk job, writing results as they are ready; list your bulk jobs.
 
     python -m client score reviews.csv --column text --out scored.csv
+    python -m client jobs [--status running] [--limit 20] [--all]
 
 Reads CSV (the --column to score; every column is kept), NDJSON (strings, or objects holding
 --column) or plain text (one text per line). Submits one bulk job (POST /jobs), shows a progress
@@ -191,6 +192,22 @@ def score(args) -> int:
     return 0 if view["status"] == "done" else 1
 
 
+def list_jobs(args) -> int:
+    """Print your bulk jobs, newest first: a page of them, or every page with --all."""
+    service = Service(args.url, args.api_key)
+    query = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+    print(f"{'job_id':36}  {'status':9}  {'done':>15}  created_at")
+    while True:
+        page = service.call("GET", "/jobs?" + urllib.parse.urlencode(query))
+        for view in page["data"]:
+            progress = view["progress"]
+            done = f"{progress['done']:,}/{progress['total']:,}"
+            print(f"{view['job_id']:36}  {view['status']:9}  {done:>15}  {view['created_at']}")
+        if not (args.all and page["has_more"]):
+            return 0
+        query["after"] = page["last_id"]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,11 +217,16 @@ def main(argv: list[str]) -> int:
     score_parser.add_argument("input", type=Path, help="reviews.csv, reviews.ndjson or reviews.txt")
     score_parser.add_argument("--column", default="text", help="the column (CSV) or key (NDJSON) holding the text")
     score_parser.add_argument("--out", type=Path, required=True, help="CSV to write: the input's columns plus label and score")
-    score_parser.add_argument("--url", default=os.environ.get("SENTIMENT_URL", "http://127.0.0.1:8000"))
-    score_parser.add_argument("--api-key", default=os.environ.get("SENTIMENT_API_KEY"), help="sent as X-API-Key")
+    jobs_parser = commands.add_parser("jobs", help="list your bulk jobs, newest first")
+    jobs_parser.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"], help="only these")
+    jobs_parser.add_argument("--limit", type=int, default=20, help="jobs per page (1 to 100)")
+    jobs_parser.add_argument("--all", action="store_true", help="every page, not only the first")
+    for command in (score_parser, jobs_parser):
+        command.add_argument("--url", default=os.environ.get("SENTIMENT_URL", "http://127.0.0.1:8000"))
+        command.add_argument("--api-key", default=os.environ.get("SENTIMENT_API_KEY"), help="sent as X-API-Key")
     args = parser.parse_args(argv)
     try:
-        return score(args)
+        return score(args) if args.command == "score" else list_jobs(args)
     except ServiceError as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 2

@@ -11,18 +11,21 @@ PREDICT_TASK = "sentiment.predict"
 WEBHOOK_TASK = "sentiment.deliver_webhook"
 
 
-def bulk_queue(settings) -> Queue:
-    """The queue of bulk jobs' chunks, on the same broker as the Celery queue and beside it.
+def bulk_queue(settings, owner: str | None = None) -> Queue:
+    """The queue of an owner's bulk chunks (or, without one, the shared queue of earlier releases).
 
-    Workers read it with a consumer of their own (worker.bulk), not with Celery's thread pool, so
-    chunks of a 100,000-text job never hold the threads interactive messages need.
+    Each owner has a queue of its own on the same broker, beside the Celery queue. Workers read
+    them all with consumers of their own (worker.bulk), not with Celery's thread pool, so chunks of
+    a 100,000-text job never hold the threads interactive messages need; and kombu's Redis
+    transport takes from non-empty queues in turn, so owners' chunks interleave.
     """
-    return Queue(settings.bulk_queue, Exchange(settings.bulk_queue, type="direct"), routing_key=settings.bulk_queue)
+    name = settings.bulk_queue if owner is None else f"{settings.bulk_queue}.{owner}"
+    return Queue(name, Exchange(settings.bulk_queue, type="direct"), routing_key=name)
 
 
-def publish_bulk_chunks(app: Celery, settings, job_id: str, chunks: list[tuple[int, int]]) -> None:
-    """Send one message per chunk ``(start, stop)`` of a stored bulk job, on one broker connection."""
-    queue = bulk_queue(settings)
+def publish_bulk_chunks(app: Celery, settings, job_id: str, chunks: list[tuple[int, int]], owner: str) -> None:
+    """Send one message per chunk ``(start, stop)`` of ``owner``'s stored bulk job, on one broker connection."""
+    queue = bulk_queue(settings, owner)
     with app.producer_or_acquire() as producer:
         for index, (start, stop) in enumerate(chunks):
             producer.publish(

@@ -4,6 +4,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+# The owner of every job when API keys are off, and of records written before jobs had owners.
+ANONYMOUS = "anonymous"
+
 
 class JobStatus(StrEnum):
     """Where a job is; ``done`` and ``failed`` are final."""

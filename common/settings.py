@@ -118,6 +118,22 @@ class Settings:
         512,
         "Most tokens one forward pass over bulk texts computes: an interactive text waits behind at most one such pass.",
     )
+    bulk_pass_max_ms: float = _setting(
+        "BULK_PASS_MAX_MS",
+        50.0,
+        "Longest a forward pass over bulk texts should take, as the worker measures its own speed; it cuts passes"
+        " below BULK_PASS_MAX_TOKENS on a slow CPU. 0: only the token bound.",
+    )
+    bulk_min_share: float = _setting(
+        "BULK_MIN_SHARE",
+        0.1,
+        "Least share of a worker's forward-pass time bulk chunks get while interactive texts wait, so bulk never stalls.",
+    )
+    bulk_job_deadline_s: int = _setting(
+        "BULK_JOB_DEADLINE_S",
+        86400,
+        "Longest a bulk job may stay queued or running; past it, it ends failed (error expired) and its webhook is sent.",
+    )
     bulk_consumers: int = _setting(
         "BULK_CONSUMERS", 2, "Chunks one worker process works on at once, beside its interactive messages; 0: none."
     )
@@ -140,8 +156,20 @@ class Settings:
     webhook_retry_base_s: float = _setting(
         "WEBHOOK_RETRY_BASE_S", 2.0, "First retry delay of a failed webhook; doubled for each later one (at most an hour)."
     )
-    rate_limit: str = _setting("RATE_LIMIT", "", "Per-client limit such as '600/minute'; empty turns it off.")
+    rate_limit: str = _setting(
+        "RATE_LIMIT", "", "Limit such as '600/minute', per API key when keys are on, else per client address; empty: off."
+    )
     api_key_hashes: str = _setting("API_KEY_HASHES", "", "Comma-separated SHA-256 hex digests of accepted X-API-Key values.")
+    api_keys_file: str = _setting(
+        "API_KEYS_FILE",
+        "",
+        "JSON file of named API keys, each with limits of its own (a mounted Secret); adds to API_KEY_HASHES.",
+    )
+    max_queued_bulk_texts_per_key: int = _setting(
+        "MAX_QUEUED_BULK_TEXTS_PER_KEY",
+        0,
+        "Bulk texts one API key may have queued, unless its entry in API_KEYS_FILE sets its own; 0: only the total bound.",
+    )
     api_key_failures_per_minute: int = _setting(
         "API_KEY_FAILURES_PER_MINUTE",
         20,
@@ -201,7 +229,7 @@ class Settings:
     @property
     def api_keys_enabled(self) -> bool:
         """Whether requests must carry a valid X-API-Key."""
-        return bool(self.api_key_hashes.strip())
+        return bool(self.api_key_hashes.strip() or self.api_keys_file)
 
 
 def documented_settings() -> list[tuple[str, object, str]]:

@@ -177,3 +177,75 @@ def test_bulk_chunks_wait_while_interactive_jobs_are_queued():
         assert model.batches[1] == [[1] * 4] and model.batches[2] == [[1] * 2]
     finally:
         batcher.stop()
+
+
+class SteadyModel(GatedModel):
+    """Every forward pass takes the same few milliseconds."""
+
+    def predict_encoded(self, token_ids):
+        time.sleep(0.005)
+        return [[{"label": "POSITIVE", "score": 1.0}, {"label": "NEGATIVE", "score": 0.0}] for _ in token_ids]
+
+
+def bulk_share_under_a_flood(min_share: float, seconds: float = 1.5) -> tuple[bool, float]:
+    """Interactive jobs always waiting, one bulk chunk of many passes: (whether it finished in time, bulk's share)."""
+    passes = []
+    batcher = Batcher(SteadyModel(), 64, 8192, 0, 256, 2, on_batch=passes.append, bulk_min_share=min_share)
+    batcher.start()
+    stop = threading.Event()
+
+    def flood():
+        number = 0
+        while not stop.is_set():
+            number += 1
+            batcher.submit(f"job-{number}", [f"text {number}"], time.time() + 30, time.time())
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=flood, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(0.1)  # the flood is under way before the chunk arrives
+        chunk = batcher.submit_bulk("bulk", [f"b{n}" for n in range(40)])  # 40 passes of one one-token text
+        deadline = time.monotonic() + seconds
+        while not chunk.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished = chunk.done()
+    finally:
+        stop.set()
+        feeder.join()
+        batcher.stop()
+    bulk = sum(record.seconds for record in passes if record.lane == "bulk")
+    return finished, bulk / sum(record.seconds for record in passes)
+
+
+def test_bulk_keeps_its_minimum_share_of_forward_passes_under_a_flood_of_interactive_jobs():
+    finished, share = bulk_share_under_a_flood(min_share=0.25)
+    assert finished and share >= 0.2, share
+    # Evidence the flood would otherwise starve it: without a minimum share, the chunk does not finish.
+    finished, share = bulk_share_under_a_flood(min_share=0.0)
+    assert not finished and share < 0.15, share
+
+
+class TokenTimedModel(GatedModel):
+    """A forward pass takes a millisecond per token, as a slow CPU might."""
+
+    def predict_encoded(self, token_ids):
+        time.sleep(0.001 * sum(len(ids) for ids in token_ids))
+        return [[{"label": "POSITIVE", "score": 1.0}, {"label": "NEGATIVE", "score": 0.0}] for _ in token_ids]
+
+
+def test_bulk_passes_are_cut_to_the_time_bound_on_a_slow_cpu():
+    passes = []
+    batcher = Batcher(TokenTimedModel(), 512, 8192, 0, 256, 512, on_batch=passes.append, bulk_pass_max_s=0.05)
+    batcher.start()
+    try:
+        batcher.submit_bulk("first", [f"b{n}" for n in range(100)]).result(10)  # learns the speed: 100 tokens, 0.1 s
+        alone = [record.computed_tokens for record in passes]
+        batcher.submit("interactive", ["an interactive text"], time.time() + 30, time.time()).result(10)
+        passes.clear()
+        batcher.submit_bulk("second", [f"c{n}" for n in range(200)]).result(10)
+    finally:
+        batcher.stop()
+    assert alone == [100]  # alone, one pass as large as the token bound allows
+    # Beside interactive traffic, about 50 tokens a pass (0.05 s at a millisecond a token).
+    assert passes and max(record.computed_tokens for record in passes) <= 60, [record.computed_tokens for record in passes]

@@ -77,17 +77,19 @@ def test_scaled_object_scales_the_worker_on_the_backlog_the_web_pods_serve(manif
     (scaled,) = of_kind(manifests, "ScaledObject")
     spec = scaled["spec"]
     worker = next(d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == spec["scaleTargetRef"]["name"])
-    (trigger,) = spec["triggers"]
-    url = urlsplit(trigger["metadata"]["url"])
-    service = next(s for s in of_kind(manifests, "Service") if url.hostname.startswith(s["metadata"]["name"] + "."))
-    assert url.hostname == f"{service['metadata']['name']}.{scaled['metadata']['namespace']}.svc.cluster.local"
-    assert (url.port or 80) in {port["port"] for port in service["spec"]["ports"]}
-    assert service["spec"]["selector"]["app.kubernetes.io/name"] == "sentiment-web"
-    # The path and field exist in the API, and the path is open (KEDA sends no API key).
-    assert url.path in create_app(Settings.from_env(environ={})).test_client().get("/openapi.json").get_json()["paths"]
-    assert is_open_path(url.path)
-    assert trigger["metadata"]["valueLocation"] in BacklogSchema().fields
-    assert float(trigger["metadata"]["targetValue"]) > 0
+    # One trigger per kind of work: the interactive backlog and the bulk one.
+    assert sorted(trigger["metadata"]["valueLocation"] for trigger in spec["triggers"]) == ["bulk_queued_texts", "queued_texts"]
+    paths = create_app(Settings.from_env(environ={})).test_client().get("/openapi.json").get_json()["paths"]
+    for trigger in spec["triggers"]:
+        url = urlsplit(trigger["metadata"]["url"])
+        service = next(s for s in of_kind(manifests, "Service") if url.hostname.startswith(s["metadata"]["name"] + "."))
+        assert url.hostname == f"{service['metadata']['name']}.{scaled['metadata']['namespace']}.svc.cluster.local"
+        assert (url.port or 80) in {port["port"] for port in service["spec"]["ports"]}
+        assert service["spec"]["selector"]["app.kubernetes.io/name"] == "sentiment-web"
+        # The path and field exist in the API, and the path is open (KEDA sends no API key).
+        assert url.path in paths and is_open_path(url.path)
+        assert trigger["metadata"]["valueLocation"] in BacklogSchema().fields
+        assert float(trigger["metadata"]["targetValue"]) > 0
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     assert spec["cooldownPeriod"] > 0
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -13,7 +13,7 @@ from common.store.jobs import new_job
 from common.store.keys import done_key
 from stack import free_port, start_web, wait_until
 from stack.front_door import FrontDoor
-from web.security import hash_api_key
+from web.keys import hash_api_key
 from worker.batcher import Batcher, DeadlineExpired
 
 
@@ -36,7 +36,7 @@ def test_full_queue_answers_429_with_retry_after_and_ready_reports_overload(serv
     # Answering from cache needs no queue room; nothing new was queued by the refusal.
     store = Stores.over(redis.Redis.from_url(private_redis.url, decode_responses=True), None, 60, 60)
     assert store.queue.queued_texts() == 3
-    assert client.get("/backlog").get_json() == {"queued_texts": 3}  # what KEDA scales workers on
+    assert client.get("/backlog").get_json() == {"queued_texts": 3, "bulk_queued_texts": 0}  # what KEDA scales workers on
     store.workers.heartbeat("fake-worker", "model@x")
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.get_json()["status"] == "overloaded"

@@ -10,7 +10,7 @@ import requests
 from bench.slow_webhooks import DrippingReceiver
 from common.settings import Settings
 from common.store import Stores
-from common.store.bulk import NewBulkJob
+from common.store.bulk import BulkLimits, NewBulkJob
 from common.store.keys import WEBHOOKS_DUE_KEY, bulk_key
 from common.webhooks import CallbackRefused, DeliveryFailed, Target, check_callback_url, post, refusal_rule
 from stack import free_port, start_web, start_worker, wait_until
@@ -75,7 +75,7 @@ def stores(private_redis) -> Stores:
 
 
 def ended_job_with_callback(stores: Stores, callback_url: str, job_id: str = "11111111-1111-4111-8111-111111111111") -> str:
-    assert stores.bulk.create(NewBulkJob(job_id, [b"a text"], 64, None, callback_url), 100, 2**20) is None
+    assert stores.bulk.create(NewBulkJob(job_id, [b"a text"], 64, None, callback_url), BulkLimits(100, 2**20)) is None
     stores.bulk.start_chunk(job_id, 0)
     stores.bulk.settle_chunk(job_id, 0, "done", 1, [[{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]])
     return job_id
@@ -120,7 +120,7 @@ def test_one_deadline_bounds_an_attempt_whose_receiver_drips_its_answer():
 
 
 def test_only_jobs_with_a_callback_are_scheduled(stores):
-    assert stores.bulk.create(NewBulkJob("22222222-2222-4222-8222-222222222222", [b"x"], 64), 100, 2**20) is None
+    assert stores.bulk.create(NewBulkJob("22222222-2222-4222-8222-222222222222", [b"x"], 64), BulkLimits(100, 2**20)) is None
     stores.bulk.settle_chunk("22222222-2222-4222-8222-222222222222", 0, "done", 1, [[{"label": "POSITIVE", "score": 1.0}]])
     assert stores.main.zcard(WEBHOOKS_DUE_KEY) == 0
     ended_job_with_callback(stores, "http://hooks.example/x")

@@ -11,6 +11,7 @@ from common.settings import Settings
 from web import health, metrics
 from web.bulk import create_bulk_blueprint
 from web.errors import register_error_handlers
+from web.keys import KeyRing, load_keys
 from web.predict import create_predict_blueprint
 from web.schemas import ErrorSchema, property_names
 from web.security import API_KEY_HEADER, API_KEY_SCHEME, FailedKeyAttempts, limit_rate, require_api_keys
@@ -54,11 +55,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(health.blp)
     register_error_handlers(app)
     metrics.instrument(app, services)
-    if settings.api_keys_enabled:
+    keys = load_keys(settings)  # a keys file it cannot use stops the app here, before it serves
+    if keys:
         failures = FailedKeyAttempts(services.stores.main, settings.api_key_failures_per_minute)
-        require_api_keys(app, settings.api_key_hashes, failures if settings.api_key_failures_per_minute else None)
-    if settings.rate_limit:
-        limit_rate(app, settings.rate_limit, settings.redis_connection_url)
+        require_api_keys(app, KeyRing(keys), failures if settings.api_key_failures_per_minute else None)
+    if settings.rate_limit or any(key.owner.rate_limit for key in keys):
+        limit_rate(app, settings.rate_limit, settings.redis_connection_url, per_owner=bool(keys))
 
     @app.get("/docs/assets/<path:filename>")
     def swagger_ui_assets(filename):

@@ -6,6 +6,7 @@ the workers' side ``worker.bulk``.
 
 import contextlib
 import json
+import logging
 import re
 import threading
 
@@ -14,8 +15,8 @@ from marshmallow import ValidationError as MarshmallowValidationError
 
 from common.celery_app import publish_bulk_chunks
 from common.jobs import BulkStatus, is_job_id, new_job_id
-from common.store.bulk import DELETED, STORING, NewBulkJob, chunk_bounds, status_view
-from common.store.idempotency import job_body_hash
+from common.store.bulk import DELETED, STORING, BulkLimits, NewBulkJob, chunk_bounds, status_view
+from common.store.idempotency import KeyUse, job_body_hash
 from common.webhooks import CallbackRefused, check_callback_url
 from web import metrics
 from web.errors import (
@@ -27,6 +28,7 @@ from web.errors import (
     ValidationFailed,
 )
 from web.job_body import JobBody, check_utf8, parse_json_body, parse_ndjson_body
+from web.keys import Owner
 from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, read_large_body
 from web.predict import job_accepted, json_response
 from web.schemas import (
@@ -37,13 +39,17 @@ from web.schemas import (
     BulkJobAcceptedSchema,
     BulkResultsSchema,
     ErrorSchema,
+    JobListQuerySchema,
+    JobListSchema,
     JobStatusSchema,
     ResultsQuerySchema,
     bulk_job_schema,
     reject_unsafe_characters,
 )
-from web.security import API_KEY_SCHEME
+from web.security import API_KEY_SCHEME, current_owner
 from web.services import services
+
+log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 JOB_OPTIONS = ("callback_url", "metadata")
@@ -108,7 +114,8 @@ def not_found(job_id: str) -> NotFound:
 
 
 def found(job_id: str) -> dict:
-    record = services().stores.bulk.get(job_id) if is_job_id(job_id) else None
+    """The caller's job; another owner's answers 404 exactly as an unknown one."""
+    record = services().stores.bulk.get(job_id, current_owner().name) if is_job_id(job_id) else None
     if record is None:
         raise not_found(job_id)
     return record
@@ -121,6 +128,24 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     needs_key = {"security": [{API_KEY_SCHEME: []}]} if settings.api_keys_enabled else {}
     job_link = {"operationId": "get_jobs_job_id", "parameters": {"job_id": "$response.body#/job_id"}}
     submission_slots = threading.BoundedSemaphore(settings.job_submissions_per_process)
+
+    @blp.route("/jobs", methods=["GET"])
+    @blp.doc(**needs_key)
+    @blp.arguments(JobListQuerySchema, location="query", as_kwargs=True)
+    @blp.alt_response(200, schema=JobListSchema, description="The caller's bulk jobs, newest first.", success=True)
+    @blp.alt_response(503, description="Redis unavailable.", **error)
+    def list_jobs(limit=20, after=None, status=None):
+        """List your own bulk jobs, newest first; page with ``after`` (the last job_id of a page)."""
+        page = services().stores.bulk.jobs_of(current_owner().name, after, limit, status)
+        views = [status_view(job_id, record) for job_id, record in page.records]
+        return json_response(
+            {
+                "data": views,
+                "first_id": views[0]["job_id"] if views else None,
+                "last_id": views[-1]["job_id"] if views else None,
+                "has_more": page.has_more,
+            }
+        )
 
     @blp.route("/jobs", methods=["POST"])
     @blp.doc(
@@ -198,7 +223,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     def cancel(job_id):
         """Cancel a bulk job."""
         svc = services()
-        outcome = svc.stores.bulk.cancel(job_id) if is_job_id(job_id) else -1
+        outcome = svc.stores.bulk.cancel(job_id, current_owner().name) if is_job_id(job_id) else -1
         if outcome == -1:
             raise not_found(job_id)
         if outcome == 0:
@@ -214,7 +239,7 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
     @blp.alt_response(503, description="Redis unavailable.", **error)
     def delete(job_id):
         """Delete a bulk job and its results."""
-        if not is_job_id(job_id) or services().stores.bulk.delete(job_id) == -1:
+        if not is_job_id(job_id) or services().stores.bulk.delete(job_id, current_owner().name) == -1:
             raise not_found(job_id)
         return "", 204
 
@@ -222,20 +247,21 @@ def create_bulk_blueprint(settings) -> ApiBlueprint:
 
 
 def submit_job(svc, body: JobBody, key: str | None):
-    """Store and queue a checked job body; the 202, or the earlier job of a retried Idempotency-Key.
+    """Store and queue a checked job body for the caller; the 202, or the earlier job of a retried Idempotency-Key.
 
     A submission that fails part way (Redis full or away, a publish failing) leaves nothing
     behind: no job, no budget held, no Idempotency-Key bound to a job that does not exist.
     """
     settings = svc.settings
+    owner = current_owner()
     check_options(body.callback_url, body.metadata, settings)
     total = len(body.texts)
     job_id = new_job_id()
     claims = svc.stores.idempotency
-    hashed = None
-    if key is not None:
+    use = KeyUse("jobs", owner.name, key) if key is not None else None
+    if use is not None:
         hashed = job_body_hash(body.texts, body.callback_url, body.metadata)
-        claim = claims.claim("jobs", key, hashed, job_id)
+        claim = claims.claim(use, hashed, job_id)
         if claim is not None:
             if claim.body_hash != hashed:
                 raise IdempotencyConflict("this Idempotency-Key was used with another body", details={"job_id": claim.job_id})
@@ -243,28 +269,41 @@ def submit_job(svc, body: JobBody, key: str | None):
             if state not in (None, DELETED):  # the first request's job, stored or still being stored
                 return job_accepted(claim.job_id, BulkStatus.QUEUED if state == STORING else state, total=total)
             # Deleted since, or never stored (its submission failed): this retry makes a new job.
-            claims.point_to("jobs", key, hashed, job_id)
+            claims.point_to(use, hashed, job_id)
     try:
         budgets = svc.memory.budgets()
         refusal = budgets.high_water_refusal or svc.stores.bulk.create(
-            NewBulkJob(job_id, body.texts, settings.bulk_chunk_texts, body.metadata, body.callback_url),
-            settings.max_queued_bulk_texts,
-            budgets.bulk_queued_bytes,
+            NewBulkJob(job_id, body.texts, settings.bulk_chunk_texts, body.metadata, body.callback_url, owner.name),
+            bulk_limits(settings, budgets, owner),
         )
         if refusal is not None:
             raise Overloaded.because(refusal, retry_after_s=10)
         try:
-            publish_bulk_chunks(svc.celery, settings, job_id, chunk_bounds(total, settings.bulk_chunk_texts))
+            publish_bulk_chunks(svc.celery, settings, job_id, chunk_bounds(total, settings.bulk_chunk_texts), owner.name)
         except Exception:
             svc.stores.bulk.abandon(job_id)
             raise
     except Exception:
-        if key is not None:
+        if use is not None:
             with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                claims.release_if_bound_to("jobs", key, job_id)
+                claims.release_if_bound_to(use, job_id)
         raise
     metrics.BULK_TEXTS_QUEUED.inc(total)
+    metrics.owner_texts(owner.name, "jobs").inc(total)
+    log.info("bulk job %s of %s: %d texts", job_id, owner.name, total)
     return job_accepted(job_id, BulkStatus.QUEUED, total=total)
+
+
+def bulk_limits(settings, budgets, owner: Owner) -> BulkLimits:
+    """What the owner's new bulk job may add: the totals, and the owner's own cap (its key's, else the default)."""
+    own_cap = owner.max_queued_bulk_texts
+    return BulkLimits(
+        max_texts=settings.max_queued_bulk_texts,
+        max_bytes=budgets.bulk_queued_bytes,
+        owner_max_texts=own_cap or settings.max_queued_bulk_texts_per_key,
+        owner_cap_setting="API_KEYS_FILE max_queued_bulk_texts" if own_cap else "MAX_QUEUED_BULK_TEXTS_PER_KEY",
+        deadline_s=settings.bulk_job_deadline_s,
+    )
 
 
 def stream_results(store, record: dict, job_id: str) -> Response:

@@ -46,13 +46,14 @@ def ready():
 @blp.alt_response(200, schema=BacklogSchema, description="The texts waiting for a worker.", success=True)
 @blp.alt_response(503, schema=ErrorSchema, description="Redis unreachable.")
 def backlog():
-    """Texts waiting for a forward pass, queued or already held by a worker: what KEDA scales workers on.
+    """Texts waiting for a forward pass, interactive and bulk: what KEDA scales workers on.
 
     The Celery list alone leaves out the messages workers have reserved (up to WORKER_CONCURRENCY
     each), so scaling on it reacts late; this counter covers both (docs/deployment.md).
     """
+    stores = services().stores
     try:
-        queued = services().stores.queue.queued_texts()
+        queued, bulk_queued = stores.queue.queued_texts(), stores.bulk.queued_texts()
     except UNAVAILABLE_ERRORS:
         raise RedisUnavailable("Redis does not answer", headers=RETRY_AFTER) from None
-    return json_response({"queued_texts": queued})
+    return json_response({"queued_texts": queued, "bulk_queued_texts": bulk_queued})

@@ -37,11 +37,26 @@ ANSWERED_CACHED, ANSWERED_SYNC = ANSWERS.labels("cached"), ANSWERS.labels("sync"
 ANSWERED_ASYNC, ANSWERED_FAILED = ANSWERS.labels("async"), ANSWERS.labels("failed")
 BULK_TEXTS_QUEUED = Counter("sentiment_bulk_texts_queued_total", "Texts of bulk jobs accepted by POST /jobs.")
 BULK_JOBS_CANCELLED = Counter("sentiment_bulk_jobs_cancelled_total", "Bulk jobs cancelled by POST /jobs/<id>/cancel.")
+# Owners are API keys' names (a configured, bounded set) or "anonymous", so the label stays bounded.
+OWNER_TEXTS = Counter(
+    "sentiment_owner_texts_total", "Texts submitted, by owner (API key name) and route (predict, jobs).", ["owner", "route"]
+)
 JOBS_PER_MESSAGE = Histogram(
     "sentiment_jobs_per_message",
     "Jobs of concurrent requests that left this web process in one Celery message.",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+
+
+_owner_texts_children: dict[tuple[str, str], object] = {}
+
+
+def owner_texts(owner: str, route: str):
+    """The owner's texts counter on a route (its child resolved once: labels() takes a lock each call)."""
+    child = _owner_texts_children.get((owner, route))
+    if child is None:
+        child = _owner_texts_children[(owner, route)] = OWNER_TEXTS.labels(owner, route)
+    return child
 
 
 def count_cache_lookups(hits: int, misses: int) -> None:

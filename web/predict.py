@@ -5,17 +5,19 @@ from flask import json
 from common.jobs import JobStatus, is_job_id
 from common.store import JobRecord
 from common.store.bulk import status_view
-from common.store.idempotency import body_hash
+from common.store.idempotency import KeyUse, body_hash
+from web import metrics
 from web.errors import IdempotencyConflict, JobFailed, NotFound, Overloaded
 from web.parsing import ApiBlueprint, IdempotencyHeaderSchema
 from web.schemas import ErrorSchema, JobAcceptedSchema, JobStatusSchema, PredictionsSchema, predict_schemas
 from web.scoring import Failed, Idempotency, IdempotencyClash, Pending, QueueFull, Scored, score
-from web.security import API_KEY_SCHEME
+from web.security import API_KEY_SCHEME, current_owner
 from web.services import services
 
 LOCATION_HEADER = {"Location": {"description": "Path of the job to poll.", "schema": {"type": "string"}}}
 # Tells OpenAPI clients (and schemathesis' stateful phase) that a 202's job_id feeds GET /jobs/{job_id}.
 JOB_LINK = {"operationId": "get_jobs_job_id", "parameters": {"job_id": "$response.body#/job_id"}}
+IDEMPOTENCY_ROUTE = "predict"
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
 
 
@@ -66,8 +68,13 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     def predict(body, wait=None, deadline=None, idempotency_key=None):
         """Score texts as NEGATIVE/POSITIVE."""
         key = idempotency_key
-        idempotency = Idempotency(key, body_hash({"text": body["text"]})) if key is not None else None
-        match score(services(), body["text"], wait, deadline, idempotency):
+        owner = current_owner().name
+        if body["text"]:
+            metrics.owner_texts(owner, "predict").inc(len(body["text"]))
+        idempotency = None
+        if key is not None:
+            idempotency = Idempotency(KeyUse(IDEMPOTENCY_ROUTE, owner, key), body_hash({"text": body["text"]}))
+        match score(services(), body["text"], wait, deadline, owner, idempotency):
             case Scored(predictions):
                 return json_response({"predictions": predictions})
             case Pending(job_id, status):
@@ -86,11 +93,12 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     @blp.alt_response(503, headers=RETRY_AFTER_HEADER, description="Redis unavailable.", **error)
     def job_status(job_id):
         """Poll a job: a /predict job's status and predictions, or a bulk job's progress."""
+        owner = current_owner().name
         record = services().stores.jobs.get(job_id) if is_job_id(job_id) else None
-        if record is not None:
+        if record is not None and record.owner == owner:
             return json_response(job_view(record))
-        bulk = services().stores.bulk.get(job_id) if is_job_id(job_id) else None
-        if bulk is None:
+        bulk = services().stores.bulk.get(job_id, owner) if is_job_id(job_id) and record is None else None
+        if bulk is None:  # another owner's job answers exactly as an unknown one
             raise NotFound(f"no job {job_id!r}: unknown, deleted, or expired after {settings.job_ttl_s}s")
         return json_response(status_view(job_id, bulk))
 

@@ -4,7 +4,7 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from common.jobs import JobError, JobStatus
+from common.jobs import BulkStatus, JobError, JobStatus
 from common.labels import ID2LABEL
 
 # C0/C1 control characters (tab, newline and carriage return are fine), Unicode bidi controls
@@ -76,7 +76,9 @@ class JobAcceptedSchema(Schema):
     status_url = fields.String(required=True, metadata={"description": "Poll this path with GET."})
 
 
-BULK_STATUSES = ["queued", "running", "done", "failed", "cancelled"]
+BULK_STATUSES = [status.value for status in BulkStatus]
+# A canonical job id (uuid4, lower case).
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 
 class ProgressSchema(Schema):
@@ -95,7 +97,10 @@ class JobStatusSchema(Schema):
     predictions = prediction_field("/predict's job, when done: the request's full list, in input order.")
     error = fields.String(
         validate=validate.OneOf([reason.value for reason in JobError]),
-        metadata={"description": f"/predict's job, when failed: {' or '.join(JobError)}."},
+        metadata={
+            "description": f"When failed: {' or '.join(JobError)}. A bulk job carries it only when it failed"
+            " as a whole (expired: it could not run within BULK_JOB_DEADLINE_S)."
+        },
     )
     progress = fields.Nested(ProgressSchema, metadata={"description": "Bulk job: texts scored and failed so far."})
     metadata = fields.Dict(
@@ -126,6 +131,25 @@ class BulkResultsSchema(Schema):
     )
 
 
+class JobListQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Jobs per page."})
+    after = fields.String(
+        validate=validate.Regexp(UUID_PATTERN),
+        metadata={
+            "description": "A job_id: list the jobs older than it (the last job_id of the previous page).",
+            "pattern": UUID_PATTERN,
+        },
+    )
+    status = fields.String(validate=validate.OneOf(BULK_STATUSES), metadata={"description": "Only jobs with this status."})
+
+
+class JobListSchema(Schema):
+    data = fields.List(fields.Nested(JobStatusSchema), required=True, metadata={"description": "Newest first."})
+    first_id = fields.UUID(required=True, allow_none=True)
+    last_id = fields.UUID(required=True, allow_none=True, metadata={"description": "Pass as ``after`` for the next page."})
+    has_more = fields.Boolean(required=True)
+
+
 class ResultsQuerySchema(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
@@ -149,9 +173,13 @@ class BacklogSchema(Schema):
     queued_texts = fields.Integer(
         required=True,
         metadata={
-            "description": "Texts accepted but not yet in a forward pass: in the Celery queue or held by a worker. "
-            "KEDA scales workers on it."
+            "description": "Interactive texts accepted but not yet in a forward pass: in the Celery queue or held by a"
+            " worker. KEDA scales workers on it."
         },
+    )
+    bulk_queued_texts = fields.Integer(
+        required=True,
+        metadata={"description": "Bulk jobs' texts not yet scored. KEDA scales workers on it too, with a larger target."},
     )
 
 

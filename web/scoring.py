@@ -10,8 +10,9 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from common.jobs import JobError, JobStatus, QueuedJob, new_job_id
+from common.jobs import ANONYMOUS, JobError, JobStatus, QueuedJob, new_job_id
 from common.store.backpressure import Refusal
+from common.store.idempotency import KeyUse
 from common.store.jobs import NewJob, merged_predictions, new_job
 from web import metrics
 from web.errors import UNAVAILABLE_ERRORS
@@ -60,18 +61,22 @@ class IdempotencyClash:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """A request's Idempotency-Key and the hash of its body."""
+    """A request's Idempotency-Key, as its owner uses it on /predict, and the hash of its body."""
 
-    key: str
+    use: KeyUse
     body_hash: str
 
 
 Outcome = Scored | Pending | Failed | QueueFull | IdempotencyClash
-IDEMPOTENCY_ROUTE = "predict"
 
 
 def score(
-    services: Services, texts: list[str], wait_s: float | None, deadline_s: float | None, idempotency: Idempotency | None = None
+    services: Services,
+    texts: list[str],
+    wait_s: float | None,
+    deadline_s: float | None,
+    owner: str = ANONYMOUS,
+    idempotency: Idempotency | None = None,
 ) -> Outcome:
     """Answer from the cache, or enqueue the missing texts and wait up to ``wait_s`` (default SYNC_WAIT_S).
 
@@ -89,7 +94,7 @@ def score(
     earlier = None
     if idempotency is not None:
         # Claimed before any job exists (job id empty), so two concurrent retries cannot both create one.
-        earlier = claims.claim(IDEMPOTENCY_ROUTE, idempotency.key, idempotency.body_hash, "")
+        earlier = claims.claim(idempotency.use, idempotency.body_hash, "")
         if earlier is not None and earlier.body_hash != idempotency.body_hash:
             return IdempotencyClash(earlier.job_id)
     if hits == len(texts):
@@ -104,14 +109,14 @@ def score(
         if record is not None and record.status.is_final:
             return Scored(record.predictions) if record.status == JobStatus.DONE else Failed(job_id, record.error)
     else:
-        enqueued = enqueue_job(services, texts, known, deadline_s)
+        enqueued = enqueue_job(services, texts, known, deadline_s, owner)
         if isinstance(enqueued, QueueFull):
             if idempotency is not None and earlier is None:
-                claims.release(IDEMPOTENCY_ROUTE, idempotency.key)
+                claims.release(idempotency.use)
             return enqueued
         job_id = enqueued.job_id
         if idempotency is not None:
-            claims.point_to(IDEMPOTENCY_ROUTE, idempotency.key, idempotency.body_hash, job_id)
+            claims.point_to(idempotency.use, idempotency.body_hash, job_id)
     started = time.perf_counter()
     results = jobs.wait_for_results(services.blocking_redis, job_id, settings.sync_wait_s if wait_s is None else wait_s)
     metrics.JOB_WAIT_SECONDS.observe(time.perf_counter() - started)
@@ -141,8 +146,8 @@ def cached_predictions(services: Services, model_identity: str, texts: list[str]
     return known
 
 
-def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None) -> NewJob | QueueFull:
-    """Record a job for the request and queue its distinct uncached texts; the job, or QueueFull.
+def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: float | None, owner: str) -> NewJob | QueueFull:
+    """Record ``owner``'s job for the request and queue its distinct uncached texts; the job, or QueueFull.
 
     A job whose publish fails leaves nothing behind: its record goes and its budgets come back.
     """
@@ -152,7 +157,7 @@ def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: f
         return QueueFull(budgets.high_water_refusal)
     now = time.time()
     deadline = now + (deadline_s or settings.job_deadline_s)
-    job = new_job(new_job_id(), texts, known, deadline)
+    job = new_job(new_job_id(), texts, known, deadline, owner)
     refused = services.stores.jobs.enqueue(job, settings.max_queued_texts, budgets.queued_bytes)
     if refused is not None:
         return QueueFull(refused)

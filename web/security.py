@@ -1,17 +1,21 @@
-"""Optional API keys and per-client rate limits; both off unless their settings are given."""
+"""Optional API keys and rate limits; both off unless their settings are given.
 
-import hashlib
-import hmac
+Every request acts for an owner (web.keys): its API key's, or the one anonymous owner when keys
+are off. ``current_owner()`` names it for the views; rate limits count per owner when keys are
+on, per client address otherwise.
+"""
+
 import math
 import time
 
 import redis
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from common.store.keys import auth_failures_key
 from web.errors import RateLimited, Unauthorized
+from web.keys import ANONYMOUS_OWNER, KeyRing, Owner
 
 # Probes, scrapes, the backlog and the API description stay open: they carry no scores and some
 # callers (kubelet, Prometheus, KEDA, a browser loading Swagger UI's assets) cannot send a key.
@@ -21,9 +25,9 @@ API_KEY_HEADER = "X-API-Key"
 API_KEY_SCHEME = "ApiKey"
 
 
-def hash_api_key(key: str) -> str:
-    """The SHA-256 hex digest that API_KEY_HASHES stores for ``key``."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+def current_owner() -> Owner:
+    """The owner the current request acts for."""
+    return g.get("owner", ANONYMOUS_OWNER)
 
 
 def is_open_path(path: str) -> bool:
@@ -84,9 +88,8 @@ def too_many_failures(seconds: int) -> RateLimited:
     )
 
 
-def require_api_keys(app: Flask, key_hashes: str, failures: FailedKeyAttempts | None = None) -> None:
-    """Answer 401 to requests without a valid X-API-Key, comparing digests in constant time; 429 past ``failures``' limit."""
-    accepted = [digest.strip().lower() for digest in key_hashes.split(",") if digest.strip()]
+def require_api_keys(app: Flask, ring: KeyRing, failures: FailedKeyAttempts | None = None) -> None:
+    """Answer 401 to requests without a valid X-API-Key (429 past ``failures``' limit); note the key's owner."""
 
     @app.before_request
     def check_api_key():
@@ -95,15 +98,12 @@ def require_api_keys(app: Flask, key_hashes: str, failures: FailedKeyAttempts | 
         address = request.remote_addr or ""
         if failures is not None and (seconds := failures.refused_for(address)):
             raise too_many_failures(seconds)
-        presented = hash_api_key(request.headers.get(API_KEY_HEADER, ""))
-        # Compare against every stored digest, so timing does not reveal which one matched.
-        valid = False
-        for digest in accepted:
-            valid |= hmac.compare_digest(presented, digest)
-        if not valid:
+        key = ring.match(request.headers.get(API_KEY_HEADER, ""))
+        if key is None:
             if failures is not None and (seconds := failures.failed(address)):
                 raise too_many_failures(seconds)
             raise Unauthorized("a valid X-API-Key header is required")
+        g.owner = key.owner
         return None
 
 
@@ -116,17 +116,28 @@ def rate_limit_breached(request_limit):
     ).response()
 
 
-def limit_rate(app: Flask, limit: str, storage_uri: str) -> Limiter:
-    """Apply ``limit`` per client address to every route but the open ones, counted in Redis."""
+def limit_rate(app: Flask, limit: str, storage_uri: str, per_owner: bool) -> Limiter:
+    """Apply a rate limit to every route but the open ones, counted in Redis.
+
+    The limit is the owner's own (API_KEYS_FILE) or ``limit``; it counts per owner when
+    ``per_owner`` (keys are on), else per client address.
+    """
+
+    def owners_limit() -> str:
+        return current_owner().rate_limit or limit
+
+    def counted_as() -> str:
+        return f"owner:{current_owner().name}" if per_owner else get_remote_address()
+
     return Limiter(
-        get_remote_address,
+        counted_as,
         app=app,
-        default_limits=[limit],
+        default_limits=[owners_limit],
         storage_uri=storage_uri,
         strategy="moving-window",
         # Redis away: serve without limits rather than refuse everyone.
         swallow_errors=True,
-        default_limits_exempt_when=lambda: is_open_path(request.path),
+        default_limits_exempt_when=lambda: is_open_path(request.path) or not owners_limit(),
         on_breach=lambda request_limit: app.make_response(rate_limit_breached(request_limit)),
         headers_enabled=True,
     )

@@ -9,9 +9,14 @@ form the next batch, so an idle model never waits and a busy one always has its 
 (TEI's policy).
 
 Interactive first: bulk jobs' chunks (``submit_bulk``) wait in a lane of their own. The loop takes
-a bulk chunk only when no interactive job is waiting, and runs interactive jobs that arrive
-meanwhile before each of the chunk's forward passes, so an interactive text waits behind at most
-one bulk forward pass. Bulk passes are kept small (BULK_PASS_MAX_TOKENS, about 0.1 s on 2 cores):
+a bulk chunk when no interactive job is waiting, and runs interactive jobs that arrive meanwhile
+before each of the chunk's forward passes, so an interactive text waits behind at most one bulk
+forward pass; bulk passes are bounded in tokens (BULK_PASS_MAX_TOKENS) and, from the speed of the
+recent ones, in time (BULK_PASS_MAX_MS) while interactive traffic runs, so that wait stays short
+on a slow CPU too. Under constant
+interactive load bulk would never run, so it keeps a minimum share of
+forward-pass time (BULK_MIN_SHARE, over the last LaneShare.WINDOW_S): while its share is below
+that, a waiting bulk pass goes before interactive jobs. Bulk passes are kept small (BULK_PASS_MAX_TOKENS, about 0.1 s on 2 cores):
 that wait is what a bulk job adds to an interactive request, while a pass of 16 texts still runs
 at 0.92-0.95x the texts/s of one of 64 on CPU (docs/architecture.md, "Bulk jobs").
 
@@ -21,11 +26,10 @@ gathered while, or soon after, the same text was in a forward pass takes that pa
 instead of computing it again. (Its requests checked the cache before that result reached it.)
 """
 
-import itertools
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -41,8 +45,10 @@ log = logging.getLogger(__name__)
 RECENT_RESULTS = 4096
 
 
-# The batcher's two lanes; the lower number goes first.
-INTERACTIVE, BULK = 0, 1
+# Fewest tokens a bulk pass is cut to, however slow the CPU: below it a pass is mostly fixed cost.
+MIN_BULK_PASS_TOKENS = 32
+# The batcher's two lanes.
+INTERACTIVE, BULK = "interactive", "bulk"
 
 
 class DeadlineExpired(Exception):
@@ -70,6 +76,40 @@ class BatchRecord:
     tokens: int
     computed_tokens: int
     seconds: float
+    lane: str = INTERACTIVE
+
+
+class LaneShare:
+    """Forward-pass seconds of each lane over the last WINDOW_S: whether bulk is owed a pass."""
+
+    WINDOW_S = 10.0
+
+    def __init__(self, min_bulk_share: float):
+        self.min_bulk_share = min_bulk_share
+        self._passes: deque[tuple[float, str, float]] = deque()  # (ended at, lane, seconds)
+
+    def record(self, lane: str, seconds: float) -> None:
+        now = time.monotonic()
+        self._passes.append((now, lane, seconds))
+        while self._passes and self._passes[0][0] < now - self.WINDOW_S:
+            self._passes.popleft()
+
+    def interactive_recently(self) -> bool:
+        """Whether an interactive pass ran in the last WINDOW_S."""
+        horizon = time.monotonic() - self.WINDOW_S
+        return any(lane == INTERACTIVE and ended_at >= horizon for ended_at, lane, _ in self._passes)
+
+    def bulk_owed(self) -> bool:
+        """Whether bulk's share of recent forward time is under its minimum."""
+        if not self.min_bulk_share:
+            return False
+        horizon = time.monotonic() - self.WINDOW_S
+        total = bulk = 0.0
+        for ended_at, lane, seconds in self._passes:
+            if ended_at >= horizon:
+                total += seconds
+                bulk += seconds if lane == BULK else 0.0
+        return total > 0 and bulk < self.min_bulk_share * total
 
 
 class Batcher:
@@ -85,6 +125,8 @@ class Batcher:
         bulk_max_tokens: int,
         on_jobs_started: Callable[[list[PendingJob], float], None] = lambda jobs, now: None,
         on_batch: Callable[[BatchRecord], None] = lambda record: None,
+        bulk_min_share: float = 0.0,
+        bulk_pass_max_s: float = 0.0,
     ):
         self.model = model
         self.max_texts = max_texts
@@ -92,11 +134,16 @@ class Batcher:
         self.max_wait_s = max_wait_ms / 1000
         self.gather_max_texts = gather_max_texts
         self.bulk_max_tokens = bulk_max_tokens
+        self.bulk_pass_max_s = bulk_pass_max_s
+        # Seconds per computed token of recent bulk passes (a moving average): this CPU's speed.
+        self._bulk_seconds_per_token: float | None = None
         self.on_jobs_started = on_jobs_started
         self.on_batch = on_batch
-        # (lane, arrival, job): interactive (0) before bulk (1), each lane in arrival order.
-        self._pending: queue.PriorityQueue[tuple[int, int, PendingJob]] = queue.PriorityQueue()
-        self._arrivals = itertools.count()
+        # Each lane in arrival order; the condition wakes the loop when either gets work.
+        self._interactive: deque[PendingJob] = deque()
+        self._bulk: deque[PendingJob] = deque()
+        self._arrived = threading.Condition()
+        self.share = LaneShare(bulk_min_share)
         self._recent = HotCache(RECENT_RESULTS)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -112,22 +159,25 @@ class Batcher:
     def submit(self, job_id: str, texts: Sequence[str], deadline: float, enqueued_at: float) -> Future:
         """Queue a job's texts; the future resolves to {text: prediction} or raises DeadlineExpired."""
         job = PendingJob(job_id, list(texts), deadline, enqueued_at)
-        self._pending.put((INTERACTIVE, next(self._arrivals), job))
+        with self._arrived:
+            self._interactive.append(job)
+            self._arrived.notify()
         return job.future
 
     def submit_bulk(self, job_id: str, texts: Sequence[str]) -> Future:
-        """Queue a bulk chunk's texts behind every interactive job; the future resolves to {text: prediction}."""
+        """Queue a bulk chunk's texts in the bulk lane; the future resolves to {text: prediction}."""
         job = PendingJob(job_id, list(texts), float("inf"), time.time(), bulk=True)
-        self._pending.put((BULK, next(self._arrivals), job))
+        with self._arrived:
+            self._bulk.append(job)
+            self._arrived.notify()
         return job.future
-
-    def _interactive_waiting(self) -> bool:
-        with self._pending.mutex:  # PriorityQueue keeps a heap: its first item is the next out
-            return bool(self._pending.queue) and self._pending.queue[0][0] == INTERACTIVE
 
     def _run(self) -> None:
         name_this_thread(FORWARD_THREAD_NAME)
-        while not (self._stopping.is_set() and self._pending.empty()):
+        while True:
+            with self._arrived:
+                if self._stopping.is_set() and not (self._interactive or self._bulk):
+                    return
             jobs = self._gather()
             if jobs and jobs[0].bulk:
                 self._process_bulk(jobs[0])
@@ -135,31 +185,31 @@ class Batcher:
                 self._process(jobs)
 
     def _gather(self) -> list[PendingJob]:
-        """Wait for a first job, then take every interactive job already queued, up to gather_max_texts texts.
+        """Wait for work; then a bulk chunk alone, or every interactive job queued, up to gather_max_texts texts.
 
-        A bulk chunk comes alone, and only when no interactive job waits. Only a non-zero
-        max_wait_s waits for jobs that have not arrived yet.
+        A bulk chunk comes when no interactive job waits, or when bulk is owed its share. Only a
+        non-zero max_wait_s waits for interactive jobs that have not arrived yet.
         """
-        try:
-            lane, _, first = self._pending.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        if lane == BULK:
-            return [first]
-        jobs = [first]
-        texts = len(first.texts)
-        give_up_at = time.monotonic() + self.max_wait_s
-        while texts < self.gather_max_texts:
-            remaining = give_up_at - time.monotonic()
-            try:
-                item = self._pending.get_nowait() if remaining <= 0 else self._pending.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if item[0] == BULK:
-                self._pending.put(item)  # keeps its place: the arrival number orders the lane
-                break
-            jobs.append(item[2])
-            texts += len(item[2].texts)
+        with self._arrived:
+            if not (self._interactive or self._bulk):
+                self._arrived.wait(0.2)
+            if self._bulk and (not self._interactive or self.share.bulk_owed()):
+                return [self._bulk.popleft()]
+            jobs = self._take_interactive()
+            give_up_at = time.monotonic() + self.max_wait_s
+            while jobs and sum(len(job.texts) for job in jobs) < self.gather_max_texts:
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0 or not self._arrived.wait(remaining):
+                    break
+                jobs += self._take_interactive(sum(len(job.texts) for job in jobs))
+            return jobs
+
+    def _take_interactive(self, texts: int = 0) -> list[PendingJob]:
+        """The interactive jobs queued now, in arrival order, up to gather_max_texts texts (the lock held)."""
+        jobs = []
+        while self._interactive and texts < self.gather_max_texts:
+            jobs.append(self._interactive.popleft())
+            texts += len(jobs[-1].texts)
         return jobs
 
     def _process(self, jobs: list[PendingJob]) -> None:
@@ -186,22 +236,35 @@ class Batcher:
     def _process_bulk(self, chunk: PendingJob) -> None:
         """One bulk chunk, pass by pass, serving waiting interactive jobs before each pass."""
         try:
-            results = self._infer([chunk], self._serve_interactive_jobs, min(self.bulk_max_tokens, self.max_tokens))
+            results = self._infer([chunk], self._serve_interactive_jobs, self.bulk_pass_tokens())
         except Exception as error:
             log.exception("bulk chunk of job %s failed", chunk.job_id)
             chunk.future.set_exception(error)
             return
         chunk.future.set_result({text: results[text] for text in chunk.texts})
 
+    def bulk_pass_tokens(self) -> int:
+        """Tokens per bulk pass: BULK_PASS_MAX_TOKENS; while interactive traffic runs, fewer where this CPU
+        would take longer than bulk_pass_max_s (alone, bulk keeps the larger, more efficient passes)."""
+        tokens = min(self.bulk_max_tokens, self.max_tokens)
+        if self.bulk_pass_max_s and self._bulk_seconds_per_token and self.share.interactive_recently():
+            tokens = min(tokens, max(MIN_BULK_PASS_TOKENS, int(self.bulk_pass_max_s / self._bulk_seconds_per_token)))
+        return tokens
+
     def _serve_interactive_jobs(self) -> None:
-        # Only this thread takes from the queue, so what the peek saw is what _gather takes.
-        while self._interactive_waiting():
-            self._process(self._gather())
+        """Before a bulk pass: run the interactive jobs waiting, unless bulk is owed its share of passes."""
+        while True:
+            with self._arrived:
+                if not self._interactive or self.share.bulk_owed():
+                    return
+                jobs = self._take_interactive()
+            self._process(jobs)
 
     def _infer(
         self, jobs: list[PendingJob], before_each_pass: Callable[[], None] | None = None, max_tokens: int | None = None
     ) -> dict[str, list]:
         """Score the jobs' distinct texts not scored recently, in length-sorted batches bounded by text and token counts."""
+        lane = BULK if jobs[0].bulk else INTERACTIVE
         distinct = list(dict.fromkeys(text for job in jobs for text in job.texts))
         known = self._recent.lookup(self.model.identity, distinct)
         results = {text: prediction for text, prediction in zip(distinct, known) if prediction is not None}
@@ -218,6 +281,12 @@ class Batcher:
             started = time.perf_counter()
             predictions = self.model.predict_encoded([token_ids[i] for i in group])
             seconds = time.perf_counter() - started
+            self.share.record(lane, seconds)
+            computed = self.model.computed_tokens([lengths[i] for i in group])
+            if lane == BULK and computed:
+                rate = seconds / computed
+                previous = self._bulk_seconds_per_token
+                self._bulk_seconds_per_token = rate if previous is None else 0.8 * previous + 0.2 * rate
             for index, prediction in zip(group, predictions):
                 results[texts[index]] = prediction
             self._recent.store(self.model.identity, [texts[index] for index in group], predictions)
@@ -227,8 +296,9 @@ class Batcher:
                     texts=len(group),
                     jobs=sum(1 for job in jobs if not in_group.isdisjoint(job.texts)),
                     tokens=sum(lengths[i] for i in group),
-                    computed_tokens=self.model.computed_tokens([lengths[i] for i in group]),
+                    computed_tokens=computed,
                     seconds=seconds,
+                    lane=lane,
                 )
             )
         return results

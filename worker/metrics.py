@@ -26,6 +26,11 @@ INFERENCE_SECONDS = Histogram(
     "Seconds per forward pass.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+FORWARD_SECONDS = Counter(
+    "sentiment_worker_forward_seconds_total",
+    "Seconds spent in forward passes, by lane (interactive, bulk): bulk's share is what BULK_MIN_SHARE bounds.",
+    ["lane"],
+)
 QUEUE_WAIT_SECONDS = Histogram(
     "sentiment_worker_queue_wait_seconds",
     "Seconds from enqueue to batch start, per job.",
@@ -51,6 +56,8 @@ for outcome in ("done", "failed", "skipped"):
     BULK_TEXTS.labels(outcome)
 for outcome in ("delivered", "retry", "gave_up", "refused"):
     WEBHOOKS.labels(outcome)
+for lane in ("interactive", "bulk"):
+    FORWARD_SECONDS.labels(lane)
 BOOKKEEPING_PENDING = Gauge(
     "sentiment_worker_bookkeeping_pending",
     "Jobs to mark running and batches to log, handed to the bookkeeping thread and not yet written to Redis.",

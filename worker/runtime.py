@@ -91,6 +91,8 @@ class WorkerRuntime:
             settings.bulk_pass_max_tokens,
             on_jobs_started=self._jobs_started,
             on_batch=self._batch_done,
+            bulk_min_share=settings.bulk_min_share,
+            bulk_pass_max_s=settings.bulk_pass_max_ms / 1000,
         )
         self._recycling = threading.Event()
         # Set while Celery's consumer runs; heartbeats only then.
@@ -118,7 +120,7 @@ class WorkerRuntime:
 
     def start_lanes(self, celery_app) -> None:
         """Start the lanes beside Celery's threads: bulk chunks' consumers and the webhook deliveries."""
-        self.bulk_consumer = BulkConsumer(celery_app, self.settings, self._run_bulk_chunk_then_check_memory)
+        self.bulk_consumer = BulkConsumer(celery_app, self.settings, self._run_bulk_chunk_then_check_memory, self.stores.main)
         self.bulk_consumer.start()
         self.webhook_lane.start()
 
@@ -180,6 +182,7 @@ class WorkerRuntime:
         metrics.REAL_TOKENS.inc(record.tokens)
         metrics.COMPUTED_TOKENS.inc(record.computed_tokens)
         metrics.INFERENCE_SECONDS.observe(record.seconds)
+        metrics.FORWARD_SECONDS.labels(record.lane).inc(record.seconds)
         self.bookkeeper.batch_done(record.__dict__ | {"at": time.time(), "worker": self.name})
 
     def run_jobs(self, jobs: list[QueuedJob], redelivered: bool = True) -> dict[str, str]:

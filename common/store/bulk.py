@@ -29,16 +29,21 @@ from enum import IntEnum
 
 import redis
 
-from common.jobs import BulkStatus
+from common.jobs import ANONYMOUS, BulkStatus
 from common.store.backpressure import Refusal, scan_hash_keys
 from common.store.keys import (
+    BULK_ACTIVE_KEY,
+    BULK_OWNER_BY_JOB_KEY,
+    BULK_OWNERS_KEY,
     BULK_QUEUED_BYTES_KEY,
     BULK_QUEUED_JOB_BYTES_KEY,
     BULK_QUEUED_JOB_TEXTS_KEY,
+    BULK_QUEUED_OWNER_TEXTS_KEY,
     BULK_QUEUED_TEXTS_KEY,
     WEBHOOKS_DUE_KEY,
     bulk_job_keys,
     bulk_key,
+    owner_bulk_jobs_key,
 )
 from common.store.memory import ALLOCATOR_SLACK
 from common.store.scripts import ALLOW_OOM
@@ -60,6 +65,8 @@ BYTES_PER_PUSH = 4 * 2**20
 TEXT_OVERHEAD_BYTES = 128
 JOB_OVERHEAD_BYTES = 4096
 
+# Job ids read from an owner's index per round trip when listing.
+LIST_READ = 100
 # The budgets' keys, in the order the scripts below take them after a job's own four keys.
 BUDGET_KEYS = [BULK_QUEUED_JOB_TEXTS_KEY, BULK_QUEUED_TEXTS_KEY, BULK_QUEUED_JOB_BYTES_KEY, BULK_QUEUED_BYTES_KEY]
 
@@ -98,9 +105,10 @@ class ChunkSettlement(IntEnum):
     ENDED_JOB = 2  # it was the job's last chunk, and the job ended (done or failed)
 
 
-# Shared by the scripts below. KEYS: job, texts, results, settled, then BUDGET_KEYS (5..8), webhooks due (9).
+# Shared by the scripts below. KEYS: the job's record, texts, results and settled chunks (1-4), then
+# BUDGET_KEYS (5-8), webhooks due (9), texts by owner (10), owner by job (11), active jobs (12).
 # give_back(per_job, total, job_id, most): take up to `most` (all, if nil) of a job's entry back from the total.
-_BUDGET_LUA = """
+_JOB_LUA = """
 local function give_back(per_job, total, job_id, most)
   local held = tonumber(redis.call('HGET', per_job, job_id))
   if not held then return 0 end
@@ -110,42 +118,71 @@ local function give_back(per_job, total, job_id, most)
   if redis.call('DECRBY', total, amount) < 0 then redis.call('SET', total, 0) end
   return amount
 end
-local function drop_texts(job_id)
+local function give_back_texts(job_id, most)
+  local amount = give_back(KEYS[5], KEYS[6], job_id, most)
+  local owner = redis.call('HGET', KEYS[11], job_id)
+  if amount > 0 and owner and redis.call('HINCRBY', KEYS[10], owner, -amount) <= 0 then redis.call('HDEL', KEYS[10], owner) end
+  return amount
+end
+-- Everything an ended (or vanished) job still holds: its texts and its budgets.
+local function release(job_id)
   redis.call('DEL', KEYS[2])
+  give_back_texts(job_id)
   give_back(KEYS[7], KEYS[8], job_id)
+  redis.call('HDEL', KEYS[11], job_id)
+  redis.call('ZREM', KEYS[12], job_id)
+end
+-- An ended job's keys live JOB_TTL_S from its end; while it is queued or running they never expire.
+local function expire_from_now(ttl)
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
 end
 local function schedule_webhook(job_id, now)
   if redis.call('HGET', KEYS[1], 'callback_url') ~= '' then redis.call('ZADD', KEYS[9], 'NX', now, job_id) end
 end
+local function is_active(status)
+  return status == 'queued' or status == 'running'
+end
 """
 
-# ARGV: job id, texts, max texts, bytes, max bytes, storing TTL. 0: reserved and a `storing` record
-# written; -1: over the texts budget, -2: over the bytes budget (nothing written).
+# KEYS: the common ones, then the owner's job index (13) and the owners with bulk queues (14).
+# ARGV: job id, texts, max texts, bytes, max bytes, storing TTL, owner, owner's cap on texts (0: none),
+# now, oldest creation time the index keeps. 0: reserved and a `storing` record written; -1: over
+# the texts budget, -2: over the bytes budget, -3: over the owner's cap (nothing written).
 _RESERVE = (
-    _BUDGET_LUA
+    _JOB_LUA
     + """
-local job_id, texts, bytes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local job_id, texts, bytes, owner, owner_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]), ARGV[7], tonumber(ARGV[8])
 if tonumber(redis.call('GET', KEYS[6]) or '0') + texts > tonumber(ARGV[3]) then return -1 end
+if owner_cap > 0 and tonumber(redis.call('HGET', KEYS[10], owner) or '0') + texts > owner_cap then return -3 end
 if tonumber(redis.call('GET', KEYS[8]) or '0') + bytes > tonumber(ARGV[5]) then return -2 end
 redis.call('HSET', KEYS[5], job_id, texts)
 redis.call('INCRBY', KEYS[6], texts)
+redis.call('HINCRBY', KEYS[10], owner, texts)
+redis.call('HSET', KEYS[11], job_id, owner)
 redis.call('HSET', KEYS[7], job_id, bytes)
 redis.call('INCRBY', KEYS[8], bytes)
-redis.call('HSET', KEYS[1], 'status', 'storing')
+redis.call('HSET', KEYS[1], 'status', 'storing', 'owner', owner)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[13], ARGV[9], job_id)
+redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', ARGV[10])
+redis.call('SADD', KEYS[14], owner)
 return 0
 """
 )
 
-# ARGV: ttl, then field, value, ... of the record. Turns a `storing` job into a queued one; 0 if its
-# record expired meanwhile (the submission took too long).
-_STORED = """
+# ARGV: when it must have ended (Unix seconds), then field, value, ... of the record. Turns a
+# `storing` job into a queued one that never expires while it runs; 0 if its record expired meanwhile.
+_STORED = (
+    _JOB_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'storing' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('ZADD', KEYS[12], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 # ARGV: chunk. The job's status once this chunk may start (queued becomes running), or 'settled'
 # for a chunk already settled, or false for a job that is gone.
@@ -165,11 +202,11 @@ return status
 # It records the outcome of admitted work, so it runs even when Redis is full.
 _SETTLE_CHUNK = (
     ALLOW_OOM
-    + _BUDGET_LUA
+    + _JOB_LUA
     + """
 local job_id = ARGV[1]
 if redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[3]) == 0 then return 0 end
-give_back(KEYS[5], KEYS[6], job_id, tonumber(ARGV[5]))
+give_back_texts(job_id, tonumber(ARGV[5]))
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('DEL', KEYS[4])
@@ -182,44 +219,67 @@ if ARGV[3] ~= 'skipped' and status ~= 'deleted' then
 end
 local ended = 0
 if redis.call('HLEN', KEYS[4]) >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
-  drop_texts(job_id)
-  if status == 'queued' or status == 'running' then
+  if is_active(status) then
     local final = 'done'
     if tonumber(redis.call('HGET', KEYS[1], 'failed')) > 0 then final = 'failed' end
     redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[9])
     schedule_webhook(job_id, ARGV[10])
     ended = 1
   end
+  release(job_id)
+  expire_from_now(ARGV[8])
+elseif not is_active(status) then
+  expire_from_now(ARGV[8])  -- a late chunk of an ended job: what it wrote expires with the rest
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
 return 1 + ended
 """
 )
 
-# ARGV: job id, now (RFC 3339), delete (0|1), now (Unix seconds). Its chunks not settled yet give
-# their texts back at once; they settle as skipped when their messages come.
-# -1: no such job; 0: already ended (cancel only); 1: cancelled (or deleted) now; 2: deleted, had ended.
+# ARGV: job id, now (RFC 3339), delete (0|1), now (Unix seconds), ttl, owner. Its chunks not settled
+# yet give their texts back at once; they settle as skipped when their messages come.
+# -1: no such job (or another owner's); 0: already ended (cancel only); 1: cancelled (or deleted) now;
+# 2: deleted, had ended.
 _CANCEL = (
     ALLOW_OOM
-    + _BUDGET_LUA
+    + _JOB_LUA
     + """
 local job_id = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'deleted' or status == 'storing' then return -1 end
-local active = status == 'queued' or status == 'running'
-if active then
-  drop_texts(job_id)
-  give_back(KEYS[5], KEYS[6], job_id)
-end
+if (redis.call('HGET', KEYS[1], 'owner') or 'anonymous') ~= ARGV[6] then return -1 end
+local active = is_active(status)
+if active then release(job_id) end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'deleted')
   redis.call('DEL', KEYS[3])
+  expire_from_now(ARGV[5])
   if active then return 1 end
   return 2
 end
 if not active then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
 schedule_webhook(job_id, ARGV[4])
+expire_from_now(ARGV[5])
+return 1
+"""
+)
+
+# ARGV: job id, now (RFC 3339), now (Unix seconds), ttl. A job past BULK_JOB_DEADLINE_S ends
+# failed, error `expired`, and its webhook is scheduled; 1 if it did, 0 if it had ended already.
+_EXPIRE_OVERDUE = (
+    ALLOW_OOM
+    + _JOB_LUA
+    + """
+local job_id = ARGV[1]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not is_active(status) then
+  redis.call('ZREM', KEYS[12], job_id)
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', 'expired', 'finished_at', ARGV[2])
+schedule_webhook(job_id, ARGV[3])
+release(job_id)
+expire_from_now(ARGV[4])
 return 1
 """
 )
@@ -228,23 +288,22 @@ return 1
 # Chunks already published settle as skipped when they come (their job is gone).
 _ABANDON = (
     ALLOW_OOM
-    + _BUDGET_LUA
+    + _JOB_LUA
     + """
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
-drop_texts(ARGV[1])
-return give_back(KEYS[5], KEYS[6], ARGV[1])
+release(ARGV[1])
+return 1
 """
 )
 
 # ARGV: job id. Gives back what a job still holds if its record is gone or it has ended; 1 if it did.
 _RECLAIM = (
     ALLOW_OOM
-    + _BUDGET_LUA
+    + _JOB_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'storing' or status == 'queued' or status == 'running' then return 0 end
-give_back(KEYS[5], KEYS[6], ARGV[1])
-give_back(KEYS[7], KEYS[8], ARGV[1])
+if status == 'storing' or is_active(status) then return 0 end
+release(ARGV[1])
 return 1
 """
 )
@@ -252,13 +311,37 @@ return 1
 
 @dataclass(frozen=True)
 class NewBulkJob:
-    """A bulk job to store: its texts as UTF-8."""
+    """A bulk job to store: its texts as UTF-8, and who it belongs to."""
 
     job_id: str
     texts: Sequence[bytes]
     chunk_texts: int
     metadata: dict | None = None
     callback_url: str | None = None
+    owner: str = ANONYMOUS
+
+
+@dataclass(frozen=True)
+class BulkLimits:
+    """What a new bulk job may add to the queue: the totals, and its owner's own cap on texts (0: none).
+
+    ``owner_cap_setting`` names where that cap comes from, for the 429.
+    """
+
+    max_texts: int
+    max_bytes: int
+    owner_max_texts: int = 0
+    owner_cap_setting: str = "MAX_QUEUED_BULK_TEXTS_PER_KEY"
+    # Longest a job may stay queued or running before it ends failed (expired).
+    deadline_s: float = 86400
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of an owner's bulk jobs, newest first: their records by id, and whether older ones follow."""
+
+    records: list[tuple[str, dict]]
+    has_more: bool
 
 
 class BulkJobs:
@@ -272,31 +355,40 @@ class BulkJobs:
         self._start_chunk = client.register_script(_START_CHUNK)
         self._settle_chunk = client.register_script(_SETTLE_CHUNK)
         self._cancel = client.register_script(_CANCEL)
+        self._expire_overdue = client.register_script(_EXPIRE_OVERDUE)
         self._abandon = client.register_script(_ABANDON)
         self._reclaim = client.register_script(_RECLAIM)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [*bulk_job_keys(job_id), *BUDGET_KEYS, WEBHOOKS_DUE_KEY]
+        return [
+            *bulk_job_keys(job_id),
+            *BUDGET_KEYS,
+            WEBHOOKS_DUE_KEY,
+            BULK_QUEUED_OWNER_TEXTS_KEY,
+            BULK_OWNER_BY_JOB_KEY,
+            BULK_ACTIVE_KEY,
+        ]
 
-    def create(self, job: NewBulkJob, max_texts: int, max_bytes: int) -> Refusal | None:
+    def create(self, job: NewBulkJob, limits: BulkLimits) -> Refusal | None:
         """Reserve the job's budgets, then store it queued; the Refusal, with nothing stored, when over a budget.
 
         If storing fails part way (Redis full or away), what was stored goes and the budgets come
         back before the error is raised.
         """
-        total, size = len(job.texts), job_bytes(job.texts)
+        total, size, now = len(job.texts), job_bytes(job.texts), time.time()
         keys = self._keys(job.job_id)
-        code = int(self._reserve(keys=keys, args=[job.job_id, total, max_texts, size, max_bytes, STORING_TTL_S]))
-        if code == -1:
-            return Refusal(
-                "MAX_QUEUED_BULK_TEXTS",
-                f"bulk texts queued plus this job's {total} would pass MAX_QUEUED_BULK_TEXTS ({max_texts})",
+        # A job listed in its owner's index lives at most its deadline, then JOB_TTL_S after its end.
+        oldest_listed = now - limits.deadline_s - self.ttl_s
+        code = int(
+            self._reserve(
+                keys=[*keys, owner_bulk_jobs_key(job.owner), BULK_OWNERS_KEY],
+                args=[job.job_id, total, limits.max_texts, size, limits.max_bytes, STORING_TTL_S]
+                + [job.owner, limits.owner_max_texts, now, oldest_listed],
             )
-        if code == -2:
-            return Refusal(
-                "MAX_QUEUED_BULK_BYTES",
-                f"bulk bytes queued plus this job's {size} would pass MAX_QUEUED_BULK_BYTES ({max_bytes})",
-            )
+        )
+        refusal = self._refusal(code, job, size, limits)
+        if refusal is not None:
+            return refusal
         try:
             self._push_texts(keys[1], job.texts)
             record = {
@@ -306,16 +398,37 @@ class BulkJobs:
                 "chunk_texts": job.chunk_texts,
                 "done": 0,
                 "failed": 0,
-                "created_at": timestamp(time.time()),
+                "created_at": timestamp(now),
                 "finished_at": "",
                 "metadata": json.dumps(job.metadata or {}),
                 "callback_url": job.callback_url or "",
             }
-            if not self._stored(keys=keys[:2], args=[self.ttl_s, *(item for pair in record.items() for item in pair)]):
+            fields = [item for pair in record.items() for item in pair]
+            if not self._stored(keys=keys, args=[now + limits.deadline_s, job.job_id, *fields]):
                 raise redis.TimeoutError(f"bulk job {job.job_id} took over {STORING_TTL_S}s to store")
         except BaseException:
             self.abandon(job.job_id)
             raise
+        return None
+
+    @staticmethod
+    def _refusal(code: int, job: NewBulkJob, size: int, limits: BulkLimits) -> Refusal | None:
+        total = len(job.texts)
+        if code == -1:
+            return Refusal(
+                "MAX_QUEUED_BULK_TEXTS",
+                f"bulk texts queued plus this job's {total} would pass MAX_QUEUED_BULK_TEXTS ({limits.max_texts})",
+            )
+        if code == -2:
+            return Refusal(
+                "MAX_QUEUED_BULK_BYTES",
+                f"bulk bytes queued plus this job's {size} would pass MAX_QUEUED_BULK_BYTES ({limits.max_bytes})",
+            )
+        if code == -3:
+            return Refusal(
+                limits.owner_cap_setting,
+                f"bulk texts queued for {job.owner} plus this job's {total} would pass its cap of {limits.owner_max_texts}",
+            )
         return None
 
     def _push_texts(self, texts_key: str, texts: Sequence[bytes]) -> None:
@@ -340,10 +453,13 @@ class BulkJobs:
         """Forget a job that could not be stored or published: its keys go, its budgets come back."""
         self._abandon(keys=self._keys(job_id), args=[job_id])
 
-    def get(self, job_id: str) -> dict | None:
-        """The job's record, or None when it is unknown, expired, deleted or still being stored."""
+    def get(self, job_id: str, owner: str | None = None) -> dict | None:
+        """The job's record; None when it is unknown, expired, deleted, still being stored, or (given
+        ``owner``) someone else's. Records written before jobs had owners belong to the anonymous owner."""
         record = self.client.hgetall(bulk_key(job_id))
         if not record or record["status"] in (DELETED, STORING):
+            return None
+        if owner is not None and record.get("owner", ANONYMOUS) != owner:
             return None
         return record
 
@@ -374,24 +490,64 @@ class BulkJobs:
             )
         )
 
-    def cancel(self, job_id: str) -> int:
-        """-1 unknown, 0 already ended, 1 cancelled now (its webhook, if any, is scheduled)."""
+    def cancel(self, job_id: str, owner: str) -> int:
+        """-1 unknown (or another owner's), 0 already ended, 1 cancelled now (its webhook, if any, is scheduled)."""
         now = time.time()
-        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 0, now])
+        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 0, now, self.ttl_s, owner])
 
-    def delete(self, job_id: str) -> int:
-        """-1 unknown; 1 deleted while it ran (so also cancelled); 2 deleted after it ended."""
+    def delete(self, job_id: str, owner: str) -> int:
+        """-1 unknown (or another owner's); 1 deleted while it ran (so also cancelled); 2 deleted after it ended."""
         now = time.time()
-        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 1, now])
+        return self._cancel(keys=self._keys(job_id), args=[job_id, timestamp(now), 1, now, self.ttl_s, owner])
+
+    def expire_overdue(self, most: int = 100) -> int:
+        """End, failed and ``expired``, the jobs still queued or running past their deadline; how many."""
+        now = time.time()
+        overdue = self.client.zrangebyscore(BULK_ACTIVE_KEY, "-inf", now, start=0, num=most)
+        return sum(
+            int(self._expire_overdue(keys=self._keys(job_id), args=[job_id, timestamp(now), now, self.ttl_s]))
+            for job_id in overdue
+        )
 
     def reclaim_orphans(self, scan_count: int = 500) -> int:
         """Give back the budgets still held by jobs that are gone or ended (a web process died storing one); how many."""
         reclaimed = 0
-        for key in (BULK_QUEUED_JOB_BYTES_KEY, BULK_QUEUED_JOB_TEXTS_KEY):
+        for key in (BULK_QUEUED_JOB_BYTES_KEY, BULK_QUEUED_JOB_TEXTS_KEY, BULK_OWNER_BY_JOB_KEY):
             for job_ids in scan_hash_keys(self.client, key, scan_count):
                 for job_id in job_ids:
                     reclaimed += int(self._reclaim(keys=self._keys(job_id), args=[job_id]))
         return reclaimed
+
+    def jobs_of(self, owner: str, after: str | None, limit: int, status: str | None = None) -> JobPage:
+        """``owner``'s jobs newest first, those after job ``after`` (a cursor), ``limit`` at most, of ``status`` if given.
+
+        Ids whose records are gone are dropped from the owner's index as they are met.
+        """
+        index = owner_bulk_jobs_key(owner)
+        start = 0
+        if after is not None:
+            rank = self.client.zrevrank(index, after)
+            if rank is None:
+                return JobPage([], False)
+            start = rank + 1
+        records: list[tuple[str, dict]] = []
+        while len(records) <= limit:
+            job_ids = self.client.zrevrange(index, start, start + LIST_READ - 1)
+            if not job_ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(bulk_key(job_id))
+            gone = []
+            for job_id, record in zip(job_ids, pipe.execute()):
+                if not record or record["status"] == DELETED:
+                    gone.append(job_id)
+                elif record["status"] != STORING and (status is None or record["status"] == status):
+                    records.append((job_id, record))
+            if gone:
+                self.client.zrem(index, *gone)
+            start += len(job_ids) - len(gone)
+        return JobPage(records[:limit], len(records) > limit)
 
     def results(self, record: dict, job_id: str, offset: int, limit: int) -> list:
         """Predictions of texts offset..offset+limit-1 in input order; None where not scored (yet)."""
@@ -428,7 +584,7 @@ class BulkJobs:
 
 def status_view(job_id: str, record: dict) -> dict:
     """A bulk job's public status: what GET /jobs/<id> answers and a webhook carries."""
-    return {
+    view = {
         "job_id": job_id,
         "status": record["status"],
         "progress": {"total": int(record["total"]), "done": int(record["done"]), "failed": int(record["failed"])},
@@ -436,3 +592,6 @@ def status_view(job_id: str, record: dict) -> dict:
         "created_at": record["created_at"],
         "finished_at": record["finished_at"] or None,
     }
+    if record.get("error"):  # failed, not for its texts: it could not run within BULK_JOB_DEADLINE_S
+        view["error"] = record["error"]
+    return view

@@ -1,6 +1,6 @@
 """Idempotency-Key claims: the same key and body within JOB_TTL_S answer from the same job.
 
-``idempotency:<route>:<sha256 of the key>`` holds ``<sha256 of the canonical body> <job id>`` (the
+``idempotency:<route>:<owner>:<sha256 of the key>`` holds ``<sha256 of the canonical body> <job id>`` (the
 job id is empty when the request needed no job: every text was cached). The first request claims
 the key with SET NX before it creates its job, so two concurrent retries cannot both create one.
 """
@@ -57,38 +57,46 @@ def job_body_hash(texts: Sequence[bytes], callback_url, metadata) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class KeyUse:
+    """An Idempotency-Key as one owner uses it on one route: claims of two owners never meet."""
+
+    route: str
+    owner: str
+    key: str
+
+    @property
+    def redis_key(self) -> str:
+        return idempotency_key(self.route, self.owner, self.key)
+
+
 class IdempotencyKeys:
     def __init__(self, client: redis.Redis, ttl_s: int):
         self.client = client
         self.ttl_s = ttl_s
         self._release_if_bound = client.register_script(_RELEASE_IF_BOUND_SCRIPT)
 
-    @staticmethod
-    def _key(route: str, key: str) -> str:
-        return idempotency_key(route, key)
-
-    def claim(self, route: str, key: str, hashed_body: str, job_id: str) -> Claim | None:
-        """Claim ``key`` for this body and job; None when claimed now, else the earlier claim."""
-        redis_key = self._key(route, key)
-        if self.client.set(redis_key, f"{hashed_body} {job_id}", nx=True, ex=self.ttl_s):
+    def claim(self, use: KeyUse, hashed_body: str, job_id: str) -> Claim | None:
+        """Claim the key for this body and job; None when claimed now, else the earlier claim."""
+        if self.client.set(use.redis_key, f"{hashed_body} {job_id}", nx=True, ex=self.ttl_s):
             return None
-        return self.get(route, key)
+        return self.get(use)
 
-    def get(self, route: str, key: str) -> Claim | None:
-        value = self.client.get(self._key(route, key))
+    def get(self, use: KeyUse) -> Claim | None:
+        value = self.client.get(use.redis_key)
         if value is None:
             return None
         hashed, _, job_id = value.partition(" ")
         return Claim(hashed, job_id)
 
-    def release(self, route: str, key: str) -> None:
+    def release(self, use: KeyUse) -> None:
         """Forget a claim whose request created nothing (refused, or its publish failed), so a retry can."""
-        self.client.delete(self._key(route, key))
+        self.client.delete(use.redis_key)
 
-    def release_if_bound_to(self, route: str, key: str, job_id: str) -> None:
+    def release_if_bound_to(self, use: KeyUse, job_id: str) -> None:
         """Forget a claim that names ``job_id``, a job whose creation failed, so a retry creates one."""
-        self._release_if_bound(keys=[self._key(route, key)], args=[job_id])
+        self._release_if_bound(keys=[use.redis_key], args=[job_id])
 
-    def point_to(self, route: str, key: str, hashed_body: str, job_id: str) -> None:
+    def point_to(self, use: KeyUse, hashed_body: str, job_id: str) -> None:
         """Point a claim at the job a later retry created (the cache had lost a text meanwhile)."""
-        self.client.set(self._key(route, key), f"{hashed_body} {job_id}", ex=self.ttl_s)
+        self.client.set(use.redis_key, f"{hashed_body} {job_id}", ex=self.ttl_s)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-from common.jobs import JobError, JobStatus
+from common.jobs import ANONYMOUS, JobError, JobStatus
 from common.store.backpressure import BUDGET_KEYS, BUDGET_LUA, Refusal, refusal
 from common.store.keys import done_key, job_key
 from common.store.memory import ALLOCATOR_SLACK
@@ -75,6 +75,7 @@ if results ~= '' then redis.call('HSET', record, 'results', results) end
 if redis.call('HEXISTS', record, 'slots') == 1 then redis.call('HDEL', record, 'texts') end
 redis.call('RPUSH', done_list, results)
 redis.call('EXPIRE', done_list, ttl_s)
+redis.call('EXPIRE', record, ttl_s)  -- a record lives JOB_TTL_S from its end, however long it queued
 return 1
 """
 )
@@ -100,6 +101,8 @@ class JobRecord:
     predictions: list[list | None]
     deadline: float
     error: JobError | None
+    # Who may see it: records written before jobs had owners belong to the anonymous owner.
+    owner: str = ANONYMOUS
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,8 @@ class NewJob:
     bytes: int
 
 
-def new_job(job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float) -> NewJob:
-    """The record of a job for a request's ``texts``, of which ``known`` already have predictions.
+def new_job(job_id: str, texts: Sequence[str], known: Sequence[list | None], deadline: float, owner: str = ANONYMOUS) -> NewJob:
+    """The record of ``owner``'s job for a request's ``texts``, of which ``known`` already have predictions.
 
     Each distinct unknown text is stored once, unescaped; the bytes count it twice, for the record
     and for the Celery message that carries it to a worker (JSON with \\u escapes, then base64).
@@ -131,6 +134,7 @@ def new_job(job_id: str, texts: Sequence[str], known: Sequence[list | None], dea
         "slots": slots_json,
         "deadline": deadline,
         "created_at": time.time(),
+        "owner": owner,
     }
     message_bytes = 4 * math.ceil(escaped_length / 3)
     size = int(ALLOCATOR_SLACK * (len(texts_json.encode("utf-8")) + len(slots_json) + message_bytes)) + JOB_OVERHEAD_BYTES
@@ -194,6 +198,7 @@ class JobRecords:
             predictions=predictions,
             deadline=float(fields["deadline"]),
             error=JobError(fields["error"]) if fields.get("error") else None,
+            owner=fields.get("owner", ANONYMOUS),
         )
 
     def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:

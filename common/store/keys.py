@@ -12,11 +12,16 @@ Bulk jobs (JOB_TTL_S after their last activity):
                                total (MAX_QUEUED_BULK_TEXTS).
 - ``bulk_queued_bytes_by_job`` / ``bulk_queued_bytes``  Redis bytes of bulk jobs' texts, per job and in total
                                (MAX_QUEUED_BULK_BYTES), given back when a job's texts are deleted.
+- ``bulk_queued_texts_by_owner``  texts of bulk jobs not yet settled, per owner (an API key's own cap).
+- ``bulk_owner_by_job``        the owner of each bulk job that still holds a budget.
+- ``bulk_active``              sorted set: bulk job id -> when it must have ended (BULK_JOB_DEADLINE_S).
+- ``bulk_jobs:<owner>``        sorted set: an owner's bulk job ids by creation time, for GET /jobs.
+- ``bulk_owners``              set of owners that have a bulk queue of their own, for the workers to consume.
 - ``webhooks_due``             sorted set: bulk job id -> when its next webhook attempt is due (common.store.webhooks).
 
 Shared:
 - ``cache:<model>:<sha256>``   one text's prediction, expires after CACHE_TTL_S (in CACHE_REDIS_URL).
-- ``idempotency:<route>:<sha256>``  an Idempotency-Key's claim: its body hash and job (JOB_TTL_S).
+- ``idempotency:<route>:<owner>:<sha256>``  an owner's Idempotency-Key claim: its body hash and job (JOB_TTL_S).
 - ``model``                    identity (name@weights-hash) of the model the workers serve; part of every cache key.
 - ``workers``                  sorted set: worker name -> last heartbeat time, for /ready.
 - ``batches``                  the most recent batch records (texts, tokens, seconds), for tests and diagnostics.
@@ -37,6 +42,10 @@ BULK_QUEUED_TEXTS_KEY = PREFIX + "bulk_queued_texts"
 BULK_QUEUED_JOB_TEXTS_KEY = PREFIX + "bulk_queued_texts_by_job"
 BULK_QUEUED_JOB_BYTES_KEY = PREFIX + "bulk_queued_bytes_by_job"
 BULK_QUEUED_BYTES_KEY = PREFIX + "bulk_queued_bytes"
+BULK_QUEUED_OWNER_TEXTS_KEY = PREFIX + "bulk_queued_texts_by_owner"
+BULK_OWNER_BY_JOB_KEY = PREFIX + "bulk_owner_by_job"
+BULK_ACTIVE_KEY = PREFIX + "bulk_active"
+BULK_OWNERS_KEY = PREFIX + "bulk_owners"
 WEBHOOKS_DUE_KEY = PREFIX + "webhooks_due"
 
 
@@ -62,8 +71,13 @@ def bulk_job_keys(job_id: str) -> list[str]:
     return [base, f"{base}:texts", f"{base}:results", f"{base}:settled"]
 
 
-def idempotency_key(route: str, key: str) -> str:
-    return f"{PREFIX}idempotency:{route}:{hashlib.sha256(key.encode()).hexdigest()}"
+def owner_bulk_jobs_key(owner: str) -> str:
+    return f"{PREFIX}bulk_jobs:{owner}"
+
+
+def idempotency_key(route: str, owner: str, key: str) -> str:
+    """An owner's Idempotency-Key claim: the same key from two owners is two claims."""
+    return f"{PREFIX}idempotency:{route}:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def auth_failures_key(address: str) -> str:
