@@ -9,8 +9,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.settings import Settings
 from web import health, metrics
-from web.bulk import create_bulk_blueprint
 from web.errors import register_error_handlers
+from web.jobs import create_jobs_blueprint
 from web.keys import KeyRing, load_keys
 from web.predict import create_predict_blueprint
 from web.schemas import ErrorSchema, property_names
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.ma_plugin.converter.add_attribute_function(property_names)
     api.spec.components.security_scheme(API_KEY_SCHEME, {"type": "apiKey", "in": "header", "name": API_KEY_HEADER})
     api.register_blueprint(create_predict_blueprint(settings))
-    api.register_blueprint(create_bulk_blueprint(settings))
+    api.register_blueprint(create_jobs_blueprint(settings))
     api.register_blueprint(health.blp)
     register_error_handlers(app)
     metrics.instrument(app, services)

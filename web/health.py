@@ -2,7 +2,7 @@
 
 from web.errors import UNAVAILABLE_ERRORS, NoWorkers, RedisUnavailable
 from web.parsing import ApiBlueprint
-from web.predict import json_response
+from web.responses import json_response
 from web.schemas import BacklogSchema, ErrorSchema, HealthSchema, ReadySchema
 from web.services import services
 

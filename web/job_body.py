@@ -14,8 +14,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from marshmallow import ValidationError, validate
+
 from web.errors import InvalidBody, ValidationFailed
-from web.schemas import UNSAFE_CHARACTERS
 
 # Per-text problems reported at once; past these, the client has a file to fix, not a typo.
 MAX_REPORTED_PROBLEMS = 20
@@ -49,19 +50,23 @@ class JobBody:
 
 
 class TextChecker:
-    """Checks each text under /predict's rules as it is read; refuses the body once it holds too many."""
+    """Checks each text as it is read, under the rules of the schema's ``text`` field; refuses a body with too many."""
 
-    def __init__(self, settings, body: JobBody, problems_key: str):
-        self.max_texts = settings.max_job_texts
-        self.max_chars = settings.max_text_chars
+    def __init__(self, schema, body: JobBody, problems_key: str):
+        texts = schema.fields["text"]
+        length = next(rule for rule in texts.validators if isinstance(rule, validate.Length))
+        self.max_texts = length.max
+        self.too_many_message = length.message_all.format(min=length.min, max=length.max)
+        self.text_rules = texts.inner.validators
+        self.max_chars = next(rule.max for rule in self.text_rules if isinstance(rule, validate.Length))
         self.max_token_bytes = 2 + self.max_chars * MAX_ESCAPED_BYTES_PER_CHAR
         self.body = body
         self.problems_key = problems_key
 
     def too_many(self) -> ValidationFailed:
-        return ValidationFailed("request is invalid", details={"text": [f"Length must be between 1 and {self.max_texts}."]})
+        return ValidationFailed("request is invalid", details={"text": [self.too_many_message]})
 
-    def add(self, where: int, token: bytes | None, value=None) -> None:
+    def add(self, where: int, token: bytes | bytearray | None, value=None) -> None:
         """Take one text, from its encoded JSON ``token`` (or an already decoded ``value``); record a problem instead."""
         if len(self.body.texts) + len(self.body.problems) >= self.max_texts:
             raise self.too_many()
@@ -72,13 +77,14 @@ class TextChecker:
             value = decode_string(token)
         if not isinstance(value, str):
             self.problem(where, "Not a valid string.")
-        elif len(value) > self.max_chars:
-            self.problem(where, f"Longer than maximum length {self.max_chars}.")
-        elif (match := UNSAFE_CHARACTERS.search(value)) is not None:
-            character = f"U+{ord(match.group()):04X}"
-            self.problem(where, f"Text contains a disallowed character {character} at position {match.start()}.")
-        else:
-            self.body.texts.append(value.encode("utf-8"))
+            return
+        for rule in self.text_rules:
+            try:
+                rule(value)
+            except ValidationError as error:
+                self.problem(where, error.messages[0])
+                return
+        self.body.texts.append(value.encode("utf-8"))
 
     def problem(self, where: int, message: str) -> None:
         self.body.problems[str(where)] = [message]
@@ -177,10 +183,10 @@ class Tokens:
             raise InvalidBody(f"request body is not valid JSON: {error} in {name!r}") from None
 
 
-def parse_json_body(raw: bytes, settings, options: tuple[str, ...]) -> JobBody:
-    """A JSON body: {"text": [...], <options>}; texts checked as read, problems named by index (details.text)."""
+def parse_json_body(raw: bytes, schema, options: tuple[str, ...]) -> JobBody:
+    """A JSON body: {"text": [...], <options>}; texts checked as read under ``schema``, problems named by index."""
     body = JobBody()
-    checker = TextChecker(settings, body, "text")
+    checker = TextChecker(schema, body, "text")
     tokens = Tokens(raw)
     kind, start, end = tokens.next()
     if kind != PUNCTUATION or tokens.text(start, end) != b"{":
@@ -260,13 +266,13 @@ def refuse_null_options(document: dict, options: tuple[str, ...]) -> None:
             raise ValidationFailed("request is invalid", details={name: ["Field may not be null."]})
 
 
-def parse_ndjson_body(raw: bytes, settings, options: tuple[str, ...]) -> JobBody:
-    """One JSON string per line; a first line holding an object carries the job's options.
+def parse_ndjson_body(raw: bytes, schema, options: tuple[str, ...]) -> JobBody:
+    """One JSON string per line, checked under ``schema``; a first line holding an object carries the job's options.
 
     Problems are named by line number (details.lines); a line that is not JSON is a 400 naming it.
     """
     body = JobBody()
-    checker = TextChecker(settings, body, "lines")
+    checker = TextChecker(schema, body, "lines")
     first_line = True
     number, position = 0, 0
     while position < len(raw):

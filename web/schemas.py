@@ -183,15 +183,25 @@ class BacklogSchema(Schema):
     )
 
 
-def bulk_job_schema(settings) -> type[Schema]:
-    """POST /jobs's JSON body (for OpenAPI: the view parses JSON and NDJSON bodies itself).
+def text_field(settings) -> fields.String:
+    """One text, under the rules of every route that takes texts: at most MAX_TEXT_CHARS, no unsafe characters."""
+    return fields.String(
+        validate=[validate.Length(max=settings.max_text_chars), reject_unsafe_characters], metadata={"pattern": SAFE_TEXT_PATTERN}
+    )
 
-    ``callback_url`` is documented only when webhooks are on (a WEBHOOK_SECRET is set): otherwise it is refused.
+
+def bulk_job_schema(settings) -> type[Schema]:
+    """POST /jobs's body: what OpenAPI documents, and what checks it.
+
+    The texts of a body are read and checked one at a time (web.job_body) under this schema's
+    ``text`` field; the options are loaded with it. ``callback_url`` is part of it only when
+    webhooks are on (a WEBHOOK_SECRET is set): otherwise it is an unknown field.
     """
+    safe_metadata = validate.Length(max=MAX_METADATA_CHARS), reject_unsafe_characters
     options = {
         "metadata": fields.Dict(
-            keys=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS)),
-            values=fields.String(validate=validate.Length(max=MAX_METADATA_CHARS), metadata={"pattern": SAFE_TEXT_PATTERN}),
+            keys=fields.String(validate=safe_metadata),
+            values=fields.String(validate=safe_metadata, metadata={"pattern": SAFE_TEXT_PATTERN}),
             validate=validate.Length(max=MAX_METADATA_ENTRIES),
             metadata={
                 "description": f"Up to {MAX_METADATA_ENTRIES} string values, returned as given; keys and values"
@@ -213,7 +223,7 @@ def bulk_job_schema(settings) -> type[Schema]:
     return Schema.from_dict(
         {
             "text": fields.List(
-                fields.String(validate=validate.Length(max=settings.max_text_chars), metadata={"pattern": SAFE_TEXT_PATTERN}),
+                text_field(settings),
                 required=True,
                 validate=validate.Length(min=1, max=settings.max_job_texts),
                 metadata={"description": f"1 to {settings.max_job_texts} texts, each under /predict's rules."},
@@ -229,10 +239,7 @@ def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
 
     class PredictRequestSchema(Schema):
         text = fields.List(
-            fields.String(
-                validate=[validate.Length(max=settings.max_text_chars), reject_unsafe_characters],
-                metadata={"pattern": SAFE_TEXT_PATTERN},
-            ),
+            text_field(settings),
             required=True,
             validate=validate.Length(max=settings.max_texts),
             metadata={

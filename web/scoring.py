@@ -10,10 +10,10 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from common.jobs import ANONYMOUS, JobError, JobStatus, QueuedJob, new_job_id
+from common.jobs import ANONYMOUS, JobError, JobStatus, QueuedJob, is_job_id, new_job_id
 from common.store.backpressure import Refusal
 from common.store.idempotency import KeyUse
-from common.store.jobs import NewJob, merged_predictions, new_job
+from common.store.jobs import JobRecord, NewJob, merged_predictions, new_job
 from web import metrics
 from web.errors import UNAVAILABLE_ERRORS
 from web.services import Services
@@ -168,3 +168,9 @@ def enqueue_job(services: Services, texts: list[str], known: list, deadline_s: f
             services.stores.jobs.abandon(job.job_id)
         raise
     return job
+
+
+def owned_job(services: Services, owner: str, job_id: str) -> JobRecord | None:
+    """The owner's /predict job record; None when unknown, expired, or another owner's (all alike)."""
+    record = services.stores.jobs.get(job_id) if is_job_id(job_id) else None
+    return record if record is not None and record.owner == owner else None
