@@ -35,7 +35,7 @@ import requests
 
 from bench.run import K6
 from common.store import Stores
-from common.store.keys import PREFIX, job_key
+from common.store.keys import JOB_KEY_PREFIX, job_key
 from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 
 FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9")
@@ -93,8 +93,7 @@ class RecoveryProbe:
 
 
 def job_ids(client: redis.Redis) -> list[str]:
-    prefix = f"{PREFIX}job:"
-    return [key[len(prefix) :] for key in client.scan_iter(f"{prefix}*", count=1000) if not key.endswith(":done")]
+    return [key[len(JOB_KEY_PREFIX) :] for key in client.scan_iter(f"{JOB_KEY_PREFIX}*", count=1000) if not key.endswith(":done")]
 
 
 def jobs_in_flight(client: redis.Redis) -> dict[str, int]:
@@ -113,10 +112,10 @@ def job_outcomes(client: redis.Redis) -> dict:
         outcomes["recorded"] += 1
         if fields["status"] == "done":
             outcomes["done"] += 1
-            # The worker's results must hold exactly the texts the cache did not know: once each.
-            known = json.loads(fields["predictions"])
-            uncached = {text for text, prediction in zip(json.loads(fields["texts"]), known) if prediction is None}
-            if set(json.loads(fields.get("results", "{}"))) != uncached:
+            # The worker's results hold one prediction per text the cache did not know, each slot pointing at one.
+            slots, results = json.loads(fields["slots"]), json.loads(fields.get("results", "[]"))
+            pointed = {slot for slot in slots if isinstance(slot, int)}
+            if pointed != set(range(len(results))) or not all(len(prediction) == 2 for prediction in results):
                 outcomes["done_with_wrong_results"] += 1
         elif fields["status"] == "failed":
             outcomes["failed"] += 1

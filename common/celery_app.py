@@ -5,8 +5,6 @@ from kombu import Exchange, Queue
 
 # One message carries the jobs of several concurrent requests of one web process (web.dispatch).
 PREDICT_JOBS_TASK = "sentiment.predict_jobs"
-# One message per job: what web processes of earlier releases send; workers still accept it.
-PREDICT_TASK = "sentiment.predict"
 # What processes of the previous release send when a bulk job ends; workers schedule its webhook (worker.tasks).
 WEBHOOK_TASK = "sentiment.deliver_webhook"
 

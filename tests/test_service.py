@@ -1,6 +1,5 @@
 """The contract end to end: gunicorn, a real Redis and a real Celery worker process."""
 
-import json
 import math
 import os
 import time
@@ -13,12 +12,12 @@ import redis
 import requests
 
 from bench.run import scrape, total
-from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, create_celery
-from common.jobs import JobStatus, QueuedJob, new_job_id
+from common.celery_app import PREDICT_JOBS_TASK, create_celery
+from common.jobs import QueuedJob, new_job_id
 from common.store import Stores
 from common.store.jobs import new_job
 from common.store.keys import PREFIX, done_key, job_key
-from tests.support import RedisServer, child_pids, free_port, start_web, start_worker, wait_until, web_allocator_env
+from stack import RedisServer, child_pids, free_port, start_web, start_worker, wait_until, web_allocator_env
 
 
 @pytest.fixture
@@ -208,18 +207,6 @@ def test_gunicorn_processes_run_on_jemalloc(service_env):
             assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text(), f"gunicorn process {pid} has no jemalloc mapped"
     finally:
         web.stop()
-
-
-def test_the_worker_still_serves_the_previous_releases_one_job_message(worker, store, settings, unique):
-    # During a rolling upgrade, web processes of the previous release send one job per message.
-    texts = [unique("an old web process sent this")]
-    job_id, now = new_job_id(), time.time()
-    # The record as that release writes it: every text, and the predictions known (none).
-    record = {"status": "queued", "texts": json.dumps(texts), "predictions": "[null]", "deadline": now + 60, "created_at": now}
-    store.main.hset(job_key(job_id), mapping=record)
-    create_celery(settings).send_task(PREDICT_TASK, args=[job_id, texts, now + 60, now])
-    record = wait_until(lambda: (job := store.jobs.get(job_id)) and job.status == JobStatus.DONE and job, 60, "the job")
-    assert_prediction_shape(record.predictions[0])
 
 
 def test_a_separate_cache_server_holds_the_predictions_and_answers_repeats(service_env):

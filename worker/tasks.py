@@ -1,6 +1,6 @@
 """The Celery tasks: deserialise, hand to the runtime, done. The web side sends them by name."""
 
-from common.celery_app import PREDICT_JOBS_TASK, PREDICT_TASK, WEBHOOK_TASK
+from common.celery_app import PREDICT_JOBS_TASK, WEBHOOK_TASK
 from common.jobs import QueuedJob
 
 
@@ -23,13 +23,5 @@ def register_tasks(celery_app, runtime) -> None:
     def predict_jobs(task, jobs: list[dict]) -> dict[str, str]:
         try:
             return runtime.run_jobs([QueuedJob.from_message(job) for job in jobs], redelivered(task))
-        finally:
-            runtime.recycle_if_too_big()
-
-    # Web processes of the previous release send one job per message; keep serving them during a rollout.
-    @celery_app.task(name=PREDICT_TASK, bind=True)
-    def predict(task, job_id: str, texts: list[str], deadline: float, enqueued_at: float) -> str:
-        try:
-            return runtime.run_jobs([QueuedJob(job_id, texts, deadline, enqueued_at)], redelivered(task))[job_id]
         finally:
             runtime.recycle_if_too_big()

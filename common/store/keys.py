@@ -49,8 +49,11 @@ BULK_OWNERS_KEY = PREFIX + "bulk_owners"
 WEBHOOKS_DUE_KEY = PREFIX + "webhooks_due"
 
 
+JOB_KEY_PREFIX = PREFIX + "job:"
+
+
 def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
+    return f"{JOB_KEY_PREFIX}{job_id}"
 
 
 def done_key(job_id: str) -> str:
