@@ -32,14 +32,8 @@ class TorchClassifier(TextClassifier):
 
     def __init__(self, model, tokenizer, name: str, device: str):
         if device == "cpu":
-            # Process-wide: every torch model of this process then computes without oneDNN.
-            # oneDNN builds a kernel for each new input shape, and packed batches change shape with
-            # nearly every batch. With its kernel cache off (the worker's setting, for memory) the
-            # builds dominated a lone text's forward pass; with the cache on (1,024 kernels, its
-            # default) RSS grew 515 -> 588-611 MiB over 60 random batches. Without oneDNN the linear
-            # layers run on MKL's BLAS. One process here, 300 lone texts sent 7 ms apart: median
-            # 8.8-9.9 ms, against 10.3-15.1 with oneDNN and its cache off; random batches of 8-48
-            # texts: 248-260 texts/s against 237-241; RSS 515 MiB either way.
+            # Process-wide. oneDNN builds a kernel per input shape, and packed batches change shape
+            # with nearly every batch: faster and flatter in memory on MKL's BLAS (docs/performance.md).
             torch.backends.mkldnn.enabled = False
         self.model = model.eval()
         digest = config_digest(model.config)

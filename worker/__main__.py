@@ -2,17 +2,11 @@
 
 import os
 
-# How long an idle torch (OpenMP) thread spins before it sleeps, between the many small ops of a
-# forward pass. Spinning for good (OpenMP's active policy) starved the Celery, Redis and web work
-# that shares these cores under load; never spinning (OMP_WAIT_POLICY=PASSIVE) made every op wake
-# a sleeping thread: a lone text's forward pass took 15.4 ms in the worker against 10.2 with a
-# short spin, and p50 of one client's uncached request 27.6 ms against 19.0. Under 32 clients the
-# short spin served as many texts as PASSIVE (86-89 against 86 sentences/s). Set before torch loads.
+# Set before torch loads. A short spin of idle OpenMP threads: spinning for good starves the work
+# that shares the cores, never spinning wakes a sleeping thread for every op (docs/performance.md).
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-# oneDNN caches a compiled kernel per input shape, and packed batches change shape with nearly
-# every batch: over 300 random batches here RSS grew 483 -> 822 MiB with the cache, 483 -> 528
-# without it, at the same speed (231 vs 232 texts/s). The torch backend now runs on CPU without
-# oneDNN (model/torch_backend.py), so this only matters where something turns oneDNN back on.
+# oneDNN would cache a kernel per input shape, and packed batches change shape with nearly every
+# batch: memory grows with no gain (docs/reliability.md, "Soak and memory").
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 import logging  # noqa: E402

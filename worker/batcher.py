@@ -11,14 +11,12 @@ form the next batch, so an idle model never waits and a busy one always has its 
 Interactive first: bulk jobs' chunks (``submit_bulk``) wait in a lane of their own. The loop takes
 a bulk chunk when no interactive job is waiting, and runs interactive jobs that arrive meanwhile
 before each of the chunk's forward passes, so an interactive text waits behind at most one bulk
-forward pass; bulk passes are bounded in tokens (BULK_PASS_MAX_TOKENS) and, from the speed of the
-recent ones, in time (BULK_PASS_MAX_MS) while interactive traffic runs, so that wait stays short
-on a slow CPU too. Under constant
-interactive load bulk would never run, so it keeps a minimum share of
+forward pass. That wait is what a bulk job adds to an interactive request, so bulk passes are small:
+at most BULK_PASS_MAX_TOKENS, and, while interactive traffic runs, at most BULK_PASS_MAX_MS by the
+speed of the recent ones, so the wait stays short on a slow CPU too (docs/architecture.md, "Bulk
+jobs"). Under constant interactive load bulk would never run, so it keeps a minimum share of
 forward-pass time (BULK_MIN_SHARE, over the last LaneShare.WINDOW_S): while its share is below
-that, a waiting bulk pass goes before interactive jobs. Bulk passes are kept small (BULK_PASS_MAX_TOKENS, about 0.1 s on 2 cores):
-that wait is what a bulk job adds to an interactive request, while a pass of 16 texts still runs
-at 0.92-0.95x the texts/s of one of 64 on CPU (docs/architecture.md, "Bulk jobs").
+that, a waiting bulk pass goes before interactive jobs.
 
 A text is computed once even when concurrent requests send it in jobs that land in different
 batches: the batcher keeps the predictions of its most recent texts (RECENT_RESULTS), so a job
