@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 run: install redis-server nginx jemalloc
 	$(VENV)/bin/python -m stack
 
+# --durations: the slowest tests, printed at the end, to keep the suite's time in view.
 test: install-dev redis-server nginx promtool chromium jemalloc lint
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 lint: install-dev nginx
 	VENV=$(VENV) scripts/lint.sh

@@ -48,6 +48,9 @@ def main_config(folder: Path, site: Path) -> str:
     temp_paths = "\n".join(f"    {name}_temp_path {folder / name};" for name in TEMP_PATHS)
     return f"""# Written by stack/front_door.py for one run of the local stack.
 # One process is plenty for a front door on a 2-core machine, and leaves the cores to the model.
+# No master: a single process dies with the launcher (stack.processes.die_with_parent), where a
+# master's worker would outlive it, holding the port.
+master_process off;
 worker_processes 1;
 worker_rlimit_nofile 8192;
 pid {folder / "nginx.pid"};

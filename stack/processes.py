@@ -26,6 +26,19 @@ LOOPBACK = "127.0.0.1"
 TAIL_LINES = 40
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a child before it runs: the kernel SIGKILLs it when the process that started it dies.
+
+    So a launcher killed outright (SIGKILL, an OOM kill) leaves no redis-server, worker, gunicorn or
+    nginx behind holding its ports. Linux only; elsewhere the children outlive a killed launcher.
+    """
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class StartupError(RuntimeError):
     """A process of the stack exited before it was ready."""
 
@@ -150,6 +163,7 @@ class RedisServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')  # Redis's config syntax
         self.process.stdin.write(f'requirepass "{quoted}"\n'.encode() if self.password else b"")
@@ -208,6 +222,7 @@ class ChildProcess:
             stdout=subprocess.PIPE if echo else self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._copier: threading.Thread | None = None
         if echo:

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from common.jobs import JobStatus
 from common.store import Stores
 from common.store.jobs import new_job
-from tests.support import wait_until
+from stack import wait_until
 from worker.bookkeeping import Bookkeeper
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from stack import REPO
 from web.keys import hash_api_key
 
 DOC_FILES = ["README.md", *sorted(str(path.relative_to(REPO)) for path in (REPO / "docs").glob("*.md"))]

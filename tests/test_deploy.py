@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from common.settings import Settings
-from tests.support import REPO
+from stack import REPO
 from web.errors import APIError, subclasses
 from web.security import is_open_path
 

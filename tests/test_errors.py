@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.support import REPO
+from stack import REPO
 from web.errors import APIError, JobFailed, error_codes, subclasses
 
 

@@ -16,7 +16,7 @@ import requests
 from common.settings import Settings
 from common.store import Stores
 from common.store.keys import WORKERS_KEY, done_key, job_key
-from tests.support import RedisServer, free_port, start_web, start_worker, wait_until
+from stack import RedisServer, free_port, start_web, start_worker, wait_until
 
 # Long texts make a batch take long enough to interrupt it on purpose.
 LONG_TEXT = "the film drags on and on , yet the final scenes are moving and the cast is wonderful . " * 22

@@ -56,7 +56,7 @@ def model_override(service_env) -> dict:
 
 
 def test_slow_clients_do_not_starve_a_normal_client_through_make_runs_port(service_env):
-    """500 connections trickle bodies for 60 s into `make run`'s stack; a normal client stays fast and error-free."""
+    """500 connections trickle bodies for 25 s into `make run`'s stack; a normal client stays fast and error-free."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "MAKEFLAGS")}
     env.update({"PORT": str(port), "REDIS_PORT": str(free_port()), "WORKER_METRICS_PORT": "0", **model_override(service_env)})
@@ -77,7 +77,8 @@ def test_slow_clients_do_not_starve_a_normal_client_through_make_runs_port(servi
             return http_status(f"http://127.0.0.1:{port}/ready") == 200
 
         wait_until(ready, 180, "the stack's /ready", interval_s=0.5)
-        report = slow_clients.run(f"http://127.0.0.1:{port}", connections=500, seconds=60)
+        # 25 s: well past nginx's 10 s read timeouts, which a byte every 2 s never trips.
+        report = slow_clients.run(f"http://127.0.0.1:{port}", connections=500, seconds=25)
     finally:
         os.killpg(stack.pid, signal.SIGTERM)
         stack.wait(60)
@@ -87,7 +88,7 @@ def test_slow_clients_do_not_starve_a_normal_client_through_make_runs_port(servi
     normal = report["normal_client"]
     assert normal["errors"] == 0, report
     for name in ("health", "predict"):
-        assert normal[name]["calls"] >= 100, report  # it kept calling all along
+        assert normal[name]["calls"] >= 40, report  # it kept calling all along
         assert normal[name]["p99_ms"] < 1000, report
 
 

@@ -1,10 +1,11 @@
 """The code's layout: which package may import what, so the layers stay apart as the code grows."""
 
 import ast
+import re
 import subprocess
 import sys
 
-from tests.support import REPO
+from stack import REPO
 
 PACKAGES = ("bench", "common", "model", "model_tools", "stack", "tests", "web", "worker")
 
@@ -96,3 +97,45 @@ def test_web_image_copies_whole_packages_and_no_model_code():
     final = final_stage((REPO / "Dockerfile.web").read_text())
     sources = [line.split()[1] for line in final.splitlines() if line.startswith("COPY ") and "--from" not in line]
     assert sorted(sources) == ["common/", "web/"]
+
+
+# The views only map outcomes to HTTP; the protocols (web.scoring, web.bulk_jobs) talk to the stores.
+VIEWS = ("web.predict", "web.jobs")
+
+
+def test_views_only_map_outcomes_to_http():
+    graph = project_imports()
+    for view in VIEWS:
+        source = (REPO / (view.replace(".", "/") + ".py")).read_text()
+        assert ".stores" not in source, f"{view} reaches the stores: that is a protocol's work"
+        # No view imports another: what they share lives in web.responses.
+        assert not graph[view] & set(VIEWS) - {view}, view
+    for module, imported in graph.items():
+        if module.startswith("web.") and module not in VIEWS:
+            assert not imported & set(VIEWS), f"{module} imports a view"
+
+
+def test_every_redis_key_is_named_in_common_store_keys():
+    """Outside common.store.keys no module spells the prefix: keys.py is the one list of keys."""
+    for package in ("common", "web", "worker", "bench"):
+        for path in (REPO / package).rglob("*.py"):
+            if path == REPO / "common" / "store" / "keys.py":
+                continue
+            source = path.read_text()
+            assert "sentiment:" not in source and not re.search(r"\bPREFIX\b", source), path.relative_to(REPO)
+
+
+def test_the_budget_scripts_and_the_record_scripts_have_one_owner_each():
+    """backpressure owns the budgets' Lua; the job records' scripts compose it, never the other way round."""
+    graph = project_imports()
+    assert "common.store.jobs" not in graph["common.store.backpressure"]
+    assert "common.store.backpressure" in graph["common.store.jobs"]
+
+
+def test_test_helpers_come_from_one_place():
+    """The launcher's pieces come from ``stack`` itself, never through a re-exporting test module."""
+    assert not (REPO / "tests" / "support.py").exists()
+    graph = project_imports()
+    for module, imported in graph.items():
+        if module.startswith("tests."):
+            assert {name for name in imported if name.startswith("tests.")} <= {"tests.made_up_models"}, module

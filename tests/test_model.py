@@ -21,8 +21,8 @@ from model.core import ModelLoadError, length_sorted_batches, postprocess
 from model.torch_backend import TorchClassifier
 from model_tools.sst2 import read_split
 from model_tools.train import packaged_minilm_dir
+from stack import REPO
 from tests.made_up_models import make_tiny_distilbert, save_with_tokenizer
-from tests.support import REPO
 
 SST2_DIR = Path(os.environ.get("SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
 # Texts of very different lengths, so batches differ in padding as well as in company.

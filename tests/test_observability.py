@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO, free_port, start_web, wait_until
+from stack import REPO, free_port, start_web, wait_until
 
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
 PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"

@@ -85,7 +85,7 @@ def test_batcher_drops_expired_jobs_without_computing_them():
 
 
 def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
-    from tests.support import start_worker
+    from stack import start_worker
 
     env = {**service_env, "REDIS_URL": private_redis.url, "WORKER_METRICS_PORT": "0"}
     client = make_client(env)
@@ -105,7 +105,7 @@ def test_job_past_its_deadline_reads_failed_expired(service_env, private_redis):
 
 
 def test_a_waiting_request_whose_job_expires_in_the_queue_gets_503_expired(service_env, private_redis):
-    from tests.support import start_worker
+    from stack import start_worker
 
     env = {**service_env, "REDIS_URL": private_redis.url, "WORKER_METRICS_PORT": "0"}
     client = make_client(env)
@@ -128,8 +128,8 @@ def test_a_waiting_request_whose_job_expires_in_the_queue_gets_503_expired(servi
 
 
 def test_a_waiting_request_whose_batch_fails_gets_503_inference_error(service_env, private_redis, tmp_path):
+    from stack import start_worker
     from tests.made_up_models import make_tiny_distilbert
-    from tests.support import start_worker
 
     # Its embedding table stops at token id 999: "zebra" (id 29145) breaks the forward pass, "!" (999) does not.
     broken = make_tiny_distilbert(tmp_path / "small-vocabulary", vocab_size=1000)

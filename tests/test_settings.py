@@ -1,7 +1,7 @@
 """Settings: read from the environment in one place, every one documented in docs/settings.md."""
 
 from common.settings import Settings, documented_settings
-from tests.support import REPO
+from stack import REPO
 
 
 def test_every_setting_is_documented_in_docs_settings():

@@ -3,11 +3,11 @@
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
-from stack import RedisServer, child_pids, free_port, http_status, port_is_free, wait_until
-from tests.support import REPO
+from stack import REPO, RedisServer, child_pids, free_port, http_status, port_is_free, wait_until
 
 SYSTEM_REDIS_PORT = 6379
 
@@ -50,3 +50,32 @@ def test_make_run_reaches_ready_beside_a_redis_on_6379(redis_on_6379, tmp_path):
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(10)
     assert http_status(f"http://127.0.0.1:{web_port}/health") is None, "make run left gunicorn running"
+
+
+def descendants(pid: int) -> set[int]:
+    found = set()
+    for child in child_pids(pid):
+        found |= {child} | descendants(child)
+    return found
+
+
+def test_a_launcher_killed_outright_leaves_nothing_behind():
+    """SIGKILL to `python -m stack`: its Redis servers, worker, gunicorn and nginx die with it, freeing their ports."""
+    web_port, redis_port = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "MAKEFLAGS")}
+    env.update({"PORT": str(web_port), "REDIS_PORT": str(redis_port), "WORKER_METRICS_PORT": "0"})
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "stack"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{web_port}/ready") == 200, 240, "the stack's /ready", interval_s=0.5)
+        started = descendants(launcher.pid)
+        # Evidence of what is at stake: two Redis servers, a worker, gunicorn and its workers, nginx.
+        assert len(started) >= 6, started
+        launcher.kill()
+        launcher.wait(10)
+        wait_until(lambda: not [pid for pid in started if os.path.exists(f"/proc/{pid}")], 20, "the stack's processes to die")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert port_is_free(web_port) and port_is_free(redis_port)
