@@ -161,14 +161,14 @@ def test_a_bad_ndjson_line_is_named_by_its_line_number(web_url):
 
 
 def test_partial_results_while_the_job_runs(web_url, unique):
-    texts = texts_of(unique, 4_000)
+    texts = texts_of(unique, 2_000)
     job_id = submit(web_url, texts)
-    follow(web_url, job_id, until=lambda view: 0 < view["progress"]["done"] < 3_000)
-    status, page = call(f"{web_url}/jobs/{job_id}/results?offset=0&limit=4000")
-    assert status == 200 and page["total"] == 4_000 and len(page["predictions"]) == 4_000
+    follow(web_url, job_id, until=lambda view: 0 < view["progress"]["done"] < 1_500)
+    status, page = call(f"{web_url}/jobs/{job_id}/results?offset=0&limit=2000")
+    assert status == 200 and page["total"] == 2_000 and len(page["predictions"]) == 2_000
     scored = sum(prediction is not None for prediction in page["predictions"])
-    assert 0 < scored < 4_000, "expected a mix of scored texts and nulls"
-    follow(web_url, job_id)
+    assert 0 < scored < 2_000, "expected a mix of scored texts and nulls"
+    assert call(f"{web_url}/jobs/{job_id}/cancel", "POST")[0] == 202  # the rest is not needed: free the bulk lane
 
 
 def test_cancel_stops_computation_and_a_second_cancel_is_409(web_url, unique, service_env, redis_client):
@@ -354,12 +354,12 @@ def test_k6_bulk_mix_scenario_finishes_bulk_jobs_beside_interactive_traffic(web_
     summary = run_k6(
         "bulk_mix.js",
         web_url,
-        {"DURATION": "10s", "VUS": "2", "BULK_TEXTS": "300", "INTERACTIVE_P99_MS": "10000"},
+        {"DURATION": "12s", "VUS": "2", "BULK_TEXTS": "128", "INTERACTIVE_P99_MS": "10000"},
         tmp_path / "summary.json",
         [],
     )
     metrics = summary["metrics"]
     assert metrics["checks"]["fails"] == 0 and metrics["checks"]["passes"] > 0
     assert metrics["bulk_jobs_done"]["count"] >= 1
-    assert metrics["bulk_texts_scored"]["count"] >= 300
+    assert metrics["bulk_texts_scored"]["count"] >= 128
     assert metrics["http_req_duration{scenario:interactive}"]["p(99)"] > 0

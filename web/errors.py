@@ -159,7 +159,7 @@ def subclasses(cls: type) -> list[type]:
 
 
 def error_codes() -> dict[str, int | None]:
-    """Every error code the API can answer, with its HTTP status (None: varies); README's error table lists them."""
+    """Every error code the API can answer, with its HTTP status (None: varies); docs/api.md's error table lists them."""
     codes = {cls.code: cls.status for cls in subclasses(APIError) if cls is not JobFailed}
     codes.update({reason.value: JobFailed.status for reason in JobError})
     return codes
