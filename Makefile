@@ -9,7 +9,7 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server nginx promtool chromium jemalloc constraints evaluate model-bench bench export-onnx smoke soak chaos clean
+.PHONY: run test lint install install-dev redis-server nginx promtool compose chromium jemalloc constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
 run: install redis-server nginx jemalloc
 	$(VENV)/bin/python -m stack
@@ -18,7 +18,7 @@ run: install redis-server nginx jemalloc
 test: install-dev redis-server nginx promtool chromium jemalloc lint
 	$(VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
-lint: install-dev nginx
+lint: install-dev nginx compose
 	VENV=$(VENV) scripts/lint.sh
 
 $(VENV)/bin/python:
@@ -55,6 +55,10 @@ nginx:
 
 promtool:
 	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus; }
+
+# Debian's docker-compose 1.29: make lint checks the compose file with it (scripts/compose_v1.py).
+compose:
+	@command -v docker-compose >/dev/null || { $(APT_INSTALL) docker-compose; }
 
 chromium:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null || { $(APT_INSTALL) chromium chromium-driver; }

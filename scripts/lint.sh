@@ -16,8 +16,13 @@ step "ruff"
 step "hadolint"
 "$BIN/hadolint" Dockerfile.web Dockerfile.worker && echo "Dockerfile.web, Dockerfile.worker: ok"
 
-step "compose spec"
+step "compose spec (Compose v2), and Debian's docker-compose 1.29 on what scripts/compose_v1.py makes of it"
 "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml scripts/docker-compose.smoke.yml
+need docker-compose "apt-get install docker-compose"
+v1="$(mktemp --suffix=.yml)"
+"$BIN/python" scripts/compose_v1.py docker-compose.yml >"$v1"
+docker-compose --project-directory . -f "$v1" -f scripts/docker-compose.smoke.yml config -q && echo "docker-compose $(docker-compose version --short): ok"
+rm -f "$v1"
 
 step "promtool"
 need promtool "apt-get install prometheus"

@@ -331,6 +331,24 @@ def test_compose_locks_redis_flower_and_grafana_with_generated_secrets():
     assert flower_job["basic_auth"]["password_file"] == "/run/secrets/sentiment/flower-password"
 
 
+def test_compose_v1_translation_drops_only_the_v2_options_and_says_so():
+    result = subprocess.run(
+        [sys.executable, "scripts/compose_v1.py", "docker-compose.yml"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    shipped = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    translated = yaml.safe_load(result.stdout)
+    assert shipped["services"]["front-door"]["depends_on"]["web"]["restart"] is True
+    assert translated["services"]["front-door"]["depends_on"]["web"] == {"condition": "service_healthy"}
+    assert "services.front-door.depends_on.web.restart dropped" in result.stderr
+    del shipped["services"]["front-door"]["depends_on"]["web"]["restart"]
+    assert translated == shipped, "everything else is the file as written"
+    if shutil.which("docker-compose"):  # Debian's 1.29 accepts the translation (make lint runs this too)
+        subprocess.run(
+            ["docker-compose", "--project-directory", str(REPO), "-f", "-", "config", "-q"],
+            input=result.stdout, text=True, check=True, cwd=REPO,
+        )  # fmt: skip
+
+
 def test_dockerfiles_run_as_non_root_and_keep_torch_out_of_web():
     web = (REPO / "Dockerfile.web").read_text()
     worker = (REPO / "Dockerfile.worker").read_text()
