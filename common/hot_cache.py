@@ -1,8 +1,9 @@
 """A small in-process LRU of predictions by (model identity, text).
 
 A prediction never changes for a given model identity, so a copy held in a process is never
-stale: it can only be evicted. Web processes keep one in front of the Redis cache, so hot texts
-are answered without a round trip, which under many threads per process costs more in waiting
+stale: it can only be evicted. Web processes keep one in front of the Redis cache (each
+prediction as the cache holds it, JSON, ready to join into an answer), so hot texts are answered
+without a round trip, which under many threads per process costs more in waiting
 for the GIL after the socket I/O than in Redis itself (docs/performance.md). The worker's batcher
 keeps one of the texts it computed last, so a text that arrives again before its result reached
 the cache is not computed twice.
@@ -18,10 +19,10 @@ class HotCache:
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], list] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def lookup(self, model_identity: str, texts: Sequence[str]) -> list[list | None]:
+    def lookup(self, model_identity: str, texts: Sequence[str]) -> list[object | None]:
         """Each text's prediction, or None where this process holds none."""
         if not self.max_entries:
             return [None] * len(texts)
@@ -34,7 +35,7 @@ class HotCache:
                 found.append(prediction)
         return found
 
-    def store(self, model_identity: str, texts: Sequence[str], predictions: Sequence[list | None]) -> None:
+    def store(self, model_identity: str, texts: Sequence[str], predictions: Sequence[object | None]) -> None:
         """Remember the known predictions of these texts, evicting the least recently used."""
         if not self.max_entries:
             return

@@ -232,3 +232,74 @@ def test_metadata_follows_the_texts_character_rules(client, metadata):
 def test_idempotency_keys_are_bounded_printable_ascii(client, key):
     answer = client.post("/jobs", json={"text": ["a"]}, headers={"Idempotency-Key": key.encode().decode("latin-1")})
     assert answer.status_code == 422 and "Idempotency-Key" in answer.get_json()["details"], answer.get_json()
+
+
+def test_predict_parses_every_request_as_the_webargs_pipeline_would(settings):
+    """POST /predict parses in one step (web.parsing.RequestShape, with a check for the plain body);
+    the classic @arguments route over the same schemas must answer every request alike."""
+    from flask import Flask, jsonify
+
+    from web.errors import register_error_handlers
+    from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, RequestShape
+    from web.schemas import plain_texts_body, predict_schemas
+
+    body_schema, query_schema = predict_schemas(settings)
+    blp = ApiBlueprint("shapes", __name__)
+
+    @blp.route("/classic", methods=["POST"])
+    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
+    @blp.arguments(query_schema, location="query", as_kwargs=True)
+    @blp.arguments(body_schema, location="json")
+    def classic(body, **arguments):
+        return jsonify(body=body, arguments=arguments)
+
+    @blp.route("/shaped", methods=["POST"])
+    @blp.shaped(RequestShape(body_schema(), query_schema(), IdempotencyHeaderSchema(), plain_texts_body(settings)))
+    def shaped(body, **arguments):
+        return jsonify(body=body, arguments=arguments)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.register_blueprint(blp)
+    register_error_handlers(app)
+    client = app.test_client()
+    longest = "a" * settings.max_text_chars
+    bodies = [
+        {"text": ["I love you.", "I hate you."]},
+        {"text": []},
+        {"text": [longest]},
+        {"text": [longest + "a"]},
+        {"text": ["ok"] * settings.max_texts},
+        {"text": ["ok"] * (settings.max_texts + 1)},
+        {"text": ["bidi \u202e control"]},
+        {"text": ["tab\tand newline\n are fine"]},
+        {"text": ["nul \x00"]},
+        {"text": ["lone \ud800 surrogate"]},
+        {"text": ["ok", 1]},
+        {"text": "not a list"},
+        {"text": ["ok"], "extra": 1},
+        {"texts": ["ok"]},
+        {},
+        ["ok"],
+        None,
+    ]
+    requests_ = [(json.dumps(body), "", {}) for body in bodies]
+    requests_ += [
+        ("not json", "", {}),
+        ("", "", {}),
+        (json.dumps({"text": ["ok"]}), "?wait=0&deadline=5", {}),
+        (json.dumps({"text": ["ok"]}), "?wait=-1", {}),
+        (json.dumps({"text": ["ok"]}), "?wait=x&wait=1&other=2", {}),
+        (json.dumps({"text": ["ok"]}), "?deadline=0.5", {}),
+        (json.dumps({"text": ["ok"]}), "", {"Idempotency-Key": "order-42"}),
+        (json.dumps({"text": ["ok"]}), "", {"Idempotency-Key": "naïve"}),
+        (json.dumps({"text": "bad"}), "?wait=-1", {"Idempotency-Key": ""}),
+    ]
+    for data, query, headers in requests_:
+        answers = [
+            client.post(f"/{route}{query}", data=data, content_type="application/json", headers=headers)
+            for route in ("classic", "shaped")
+        ]
+        assert answers[0].status_code == answers[1].status_code, (data[:80], query, headers)
+        assert answers[0].get_json() == answers[1].get_json(), (data[:80], query, headers)
+    assert client.post("/shaped", data="{}", content_type="text/plain").status_code == 415

@@ -3,9 +3,9 @@
 from common.store.idempotency import KeyUse, body_hash
 from web import metrics
 from web.errors import IdempotencyConflict, JobFailed, Overloaded
-from web.parsing import ApiBlueprint, IdempotencyHeaderSchema
-from web.responses import ERROR, JOB_LINK, LOCATION_HEADER, RETRY_AFTER_HEADER, job_accepted, json_response, needs_key
-from web.schemas import JobAcceptedSchema, PredictionsSchema, predict_schemas
+from web.parsing import ApiBlueprint, IdempotencyHeaderSchema, RequestShape
+from web.responses import ERROR, JOB_LINK, LOCATION_HEADER, RETRY_AFTER_HEADER, job_accepted, needs_key, predictions_response
+from web.schemas import JobAcceptedSchema, PredictionsSchema, plain_texts_body, predict_schemas
 from web.scoring import Failed, Idempotency, IdempotencyClash, Pending, QueueFull, Scored, score
 from web.security import current_owner
 from web.services import services
@@ -17,12 +17,11 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
     """Build the prediction endpoint, bounded by ``settings``."""
     blp = ApiBlueprint("predict", __name__, description="Sentiment scores, answered from cache or from a job.")
     request_schema, query_schema = predict_schemas(settings)
+    shape = RequestShape(request_schema(), query_schema(), IdempotencyHeaderSchema(), plain_texts_body(settings))
 
     @blp.route("/predict", methods=["POST"])
     @blp.doc(responses={"202": {"links": {"GetJob": JOB_LINK}}}, **needs_key(settings))
-    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
-    @blp.arguments(query_schema, location="query", as_kwargs=True)
-    @blp.arguments(request_schema, location="json")
+    @blp.shaped(shape)
     @blp.alt_response(200, schema=PredictionsSchema, description="Every text scored.", success=True)
     @blp.alt_response(
         202, schema=JobAcceptedSchema, headers=LOCATION_HEADER, description="Still computing: poll status_url.", success=True
@@ -44,8 +43,8 @@ def create_predict_blueprint(settings) -> ApiBlueprint:
             use = KeyUse(IDEMPOTENCY_ROUTE, owner, idempotency_key)
             idempotency = Idempotency(use, body_hash({"text": body["text"]}))
         match score(services(), body["text"], wait, deadline, owner, idempotency):
-            case Scored(predictions):
-                return json_response({"predictions": predictions})
+            case Scored(predictions, encoded):
+                return predictions_response(predictions, encoded)
             case Pending(job_id, status):
                 return job_accepted(job_id, status.value)
             case Failed(job_id, reason):

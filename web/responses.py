@@ -17,6 +17,13 @@ def json_response(payload: dict, status: int = 200, headers: dict | None = None)
     return json.dumps(payload), status, {"Content-Type": "application/json", **(headers or {})}
 
 
+def predictions_response(predictions: list | None, encoded: list[str] | None = None):
+    """200 with the predictions; ``encoded`` (each already JSON, as the cache holds it) are joined as they are."""
+    if encoded is None:
+        return json_response({"predictions": predictions})
+    return '{"predictions": [' + ", ".join(encoded) + "]}", 200, {"Content-Type": "application/json"}
+
+
 def job_accepted(job_id: str, status: str, **extra):
     """202 for a job still to compute: its id, status and where to follow it (body and Location)."""
     status_url = f"/jobs/{job_id}"

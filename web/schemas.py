@@ -234,6 +234,27 @@ def bulk_job_schema(settings) -> type[Schema]:
     )
 
 
+def plain_texts_body(settings):
+    """Whether a parsed body is one PredictRequestSchema loads unchanged: only ``text``, a list of valid texts.
+
+    The same rules as the schema's, checked without it: the common body skips marshmallow's
+    per-field machinery, and any other body still meets the schema and its messages.
+    """
+    most_texts, most_chars = settings.max_texts, settings.max_text_chars
+
+    def accepts(data) -> bool:
+        if type(data) is not dict or len(data) != 1:
+            return False
+        texts = data.get("text")
+        return (
+            type(texts) is list
+            and len(texts) <= most_texts
+            and all(type(text) is str and len(text) <= most_chars and not UNSAFE_CHARACTERS.search(text) for text in texts)
+        )
+
+    return accepts
+
+
 def predict_schemas(settings) -> tuple[type[Schema], type[Schema]]:
     """Request body and query schemas, bounded by this deployment's settings."""
 

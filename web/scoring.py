@@ -7,6 +7,7 @@ It answers one of the typed outcomes below; ``web.predict`` maps them to HTTP.
 """
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -21,9 +22,14 @@ from web.services import Services
 
 @dataclass(frozen=True)
 class Scored:
-    """Every text has its prediction, from the cache or from a job that ended in time."""
+    """Every text has its prediction, from the cache or from a job that ended in time.
 
-    predictions: list
+    When every one came from the cache they are ``encoded`` instead: each as the cache holds it,
+    JSON, so the answer is their join, with nothing decoded or encoded again.
+    """
+
+    predictions: list | None
+    encoded: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,8 @@ def score(
         return Scored([])
     settings = services.settings
     model_identity = services.model_identity()
-    known = cached_predictions(services, model_identity, texts) if model_identity else [None] * len(texts)
-    hits = sum(prediction is not None for prediction in known)
+    encoded = cached_predictions(services, model_identity, texts) if model_identity else [None] * len(texts)
+    hits = sum(prediction is not None for prediction in encoded)
     metrics.count_cache_lookups(hits, len(texts) - hits)
     claims = services.stores.idempotency
     earlier = None
@@ -99,8 +105,9 @@ def score(
             return IdempotencyClash(earlier.job_id)
     if hits == len(texts):
         metrics.ANSWERED_CACHED.inc()
-        return Scored(known)
+        return Scored(None, encoded)
 
+    known = [json.loads(prediction) if prediction is not None else None for prediction in encoded]
     jobs = services.stores.jobs
     enqueued = None
     if earlier is not None and earlier.job_id:
@@ -134,12 +141,12 @@ def score(
     return Pending(job_id, record.status if record else JobStatus.QUEUED)
 
 
-def cached_predictions(services: Services, model_identity: str, texts: list[str]) -> list[list | None]:
-    """Each text's cached prediction: from this process's hot cache, else from Redis (then kept hot)."""
+def cached_predictions(services: Services, model_identity: str, texts: list[str]) -> list[str | None]:
+    """Each text's cached prediction, as JSON: from this process's hot cache, else from Redis (then kept hot)."""
     known = services.hot_cache.lookup(model_identity, texts)
     missing = [index for index, prediction in enumerate(known) if prediction is None]
     if missing:
-        from_redis = services.stores.cache.lookup(model_identity, [texts[index] for index in missing])
+        from_redis = services.stores.cache.lookup_encoded(model_identity, [texts[index] for index in missing])
         for index, prediction in zip(missing, from_redis):
             known[index] = prediction
         services.hot_cache.store(model_identity, [texts[index] for index in missing], from_redis)

@@ -17,10 +17,13 @@ class PredictionCache:
 
     def lookup(self, model_identity: str, texts: Sequence[str]) -> list[list | None]:
         """Cached prediction of each text, or None where it is not cached."""
+        return [json.loads(value) if value is not None else None for value in self.lookup_encoded(model_identity, texts)]
+
+    def lookup_encoded(self, model_identity: str, texts: Sequence[str]) -> list[str | None]:
+        """Cached prediction of each text as stored (its JSON), or None where it is not cached."""
         if not texts:
             return []
-        values = self.client.mget([cache_key(model_identity, text) for text in texts])
-        return [json.loads(value) if value is not None else None for value in values]
+        return self.client.mget([cache_key(model_identity, text) for text in texts])
 
     def store(self, model_identity: str, predictions: dict[str, list], pipeline: redis.client.Pipeline | None = None) -> None:
         """Cache each text's prediction with the cache TTL; with ``pipeline``, only queue the commands there."""
