@@ -6,8 +6,9 @@ It starts a private Redis (appendfsync everysec, as deployed), one worker and gu
 loopback; runs k6 (loadtest/*.js) at each concurrency with 1 and then 8 texts per request,
 uncached and cached; measures /health as the
 trivial-endpoint yardstick; then runs the naive design (bench/naive_server.py) with the same k6
-scripts and texts, and the ceiling (the model in-process on the same texts, length-sorted
-batches of 64). Results: <out>/results.md, results.json, throughput.png, p99.png.
+scripts and texts, and the ceilings: every available backend alone on texts shaped like k6's, in
+the worker's length-sorted batches, its passes interleaved with the other backend's
+(model_tools/ceilings.py). Results: <out>/results.md, results.json, throughput.png, p99.png.
 
 On 2 cores the load generator competes with the service. --client-cpus pins k6 (taskset) and
 GOMAXPROCS caps its threads; --service-cpus pins the service's processes.
@@ -19,7 +20,6 @@ import os
 import resource
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +27,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from model import BUNDLED_MODEL_DIR
-from model_tools import default_model
+from model_tools import EXPORTED_ONNX_DIR, default_model
+from model_tools.ceilings import Ceiling, available_backends, clearly_ahead, describe, measure_ceilings, tagged_texts
 from model_tools.sst2 import read_split
 from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 from worker.thread_names import FORWARD_THREAD_NAME
@@ -128,18 +129,7 @@ class CpuMeter:
         return {name: 1000 * (after[name] - before[name]) / texts if texts else 0.0 for name in COMPONENTS}
 
 
-def ceiling(texts: list[str], threads: int, backend: str, model: str) -> float:
-    """Sentences/s of the model alone on these texts, in length-sorted batches of 64."""
-    from model.core import load_classifier
-
-    classifier = load_classifier(model, backend, "cpu", threads)
-    classifier.predict(texts[:64])
-    started = time.perf_counter()
-    classifier.predict(texts, max_texts=64)
-    return len(texts) / (time.perf_counter() - started)
-
-
-def plot(rows: list[dict], ceiling_rate: float, out: Path) -> None:
+def plot(rows: list[dict], ceilings: dict[str, Ceiling], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +146,8 @@ def plot(rows: list[dict], ceiling_rate: float, out: Path) -> None:
                 if points:
                     axis.plot(*zip(*points), marker="o", label=design)
             if metric == "sentences_per_s":
-                axis.axhline(ceiling_rate, linestyle="--", color="grey", label="ceiling (in-process)")
+                for (name, ceiling), style in zip(ceilings.items(), ("--", ":")):
+                    axis.axhline(ceiling.median, linestyle=style, color="grey", label=f"ceiling, {name}")
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
             axis.set_xlabel("concurrent clients")
@@ -169,9 +160,37 @@ def plot(rows: list[dict], ceiling_rate: float, out: Path) -> None:
         plt.close(fig)
 
 
-def markdown(rows: list[dict], ceiling_rate: float, settings: dict) -> str:
+def ratios(rows: list[dict], best_ceiling: float) -> list[str]:
+    """The figures the service is held to: uncached against the best ceiling and naive, cached against /health."""
+    by = {(r["design"], r["texts"], r["concurrency"]): r for r in rows}
+    lines = []
+    for (design, texts, clients), row in sorted(by.items(), key=lambda item: (item[0][1], item[0][2])):
+        if design == "service uncached":
+            naive = by.get(("naive", texts, clients))
+            versus_naive = f", {row['sentences_per_s'] / naive['sentences_per_s']:.2f}x naive" if naive else ""
+            lines.append(
+                f"- uncached, {texts} text(s), {clients} client(s): {row['sentences_per_s'] / best_ceiling:.2f}x the best"
+                f" ceiling{versus_naive}"
+                + (f"; p50 {row['p50_ms'] - naive['p50_ms']:+.1f} ms against naive" if naive and clients == 1 else "")
+            )
+        elif design == "service cached":
+            health = by.get(("trivial /health", 0, clients))
+            if health:
+                lines.append(
+                    f"- cached, {texts} text(s), {clients} client(s): {row['requests_per_s'] / health['requests_per_s']:.2f}x"
+                    f" /health's requests/s, p99 {row['p99_ms'] / health['p99_ms']:.2f}x /health's"
+                )
+    return lines
+
+
+def markdown(rows: list[dict], ceilings: dict[str, Ceiling], backend: str, settings: dict) -> str:
+    best = max(ceiling.median for ceiling in ceilings.values())
     lines = [
-        f"Ceiling (model in-process, length-sorted batches of 64): **{ceiling_rate:.0f} sentences/s**",
+        "Ceilings (the model alone, the worker's length-sorted batches, passes interleaved between backends):",
+        "",
+        *(f"- {line}" for line in describe(ceilings, backend)),
+        "",
+        *ratios(rows, best),
         "",
         "| design | texts/req | clients | req/s | sentences/s | p50 ms | p95 ms | p99 ms | cache hits | mean batch | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -215,7 +234,9 @@ def main() -> None:
     parser.add_argument(
         "--model", help="model folder; default: the bundled model, or its ONNX export (make export-onnx) for --backend onnx"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch/ORT threads for worker, naive server and ceiling")
+    parser.add_argument("--threads", type=int, default=2, help="torch/ORT threads for worker, naive server and ceilings")
+    parser.add_argument("--ceiling-passes", type=int, default=5, help="passes per backend for the ceilings")
+    parser.add_argument("--ceiling-texts", type=int, default=1000, help="texts in one ceiling pass")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--client-cpus", default="", help="taskset CPU list for k6, e.g. 1")
     parser.add_argument("--service-cpus", default="", help="taskset CPU list for the service processes, e.g. 0")
@@ -348,17 +369,22 @@ def main() -> None:
     finally:
         naive.stop()
 
-    # Shaped like the k6 texts: a dev sentence plus three one-token tag words.
-    tags = ["table river green", "house window paper", "music stone light", "water garden chair"]
-    ceiling_texts = [f"{sentences[n % len(sentences)]} {tags[n // len(sentences) % len(tags)]}" for n in range(2000)]
-    ceiling_rate = ceiling(ceiling_texts, args.threads, args.backend, args.model)
+    backends = available_backends(EXPORTED_ONNX_DIR)
+    backends[args.backend] = Path(args.model)
+    ceilings = measure_ceilings(tagged_texts(sentences, args.ceiling_texts), backends, args.threads, args.ceiling_passes)
+    ceiling_rate = ceilings[args.backend].median
     settings = {"backend": args.backend, "threads": args.threads, "web_processes": args.web_processes, "duration": args.duration,
                 "client_cpus": args.client_cpus or "any", "service_cpus": args.service_cpus or "any"}  # fmt: skip
-    (args.out / "results.json").write_text(
-        json.dumps({"ceiling_sentences_per_s": ceiling_rate, "settings": settings, "rows": rows}, indent=1)
-    )
-    (args.out / "results.md").write_text(markdown(rows, ceiling_rate, settings))
-    plot(rows, ceiling_rate, args.out)
+    results = {
+        "ceiling_sentences_per_s": ceiling_rate,
+        "ceilings": {name: ceiling.as_dict() for name, ceiling in ceilings.items()},
+        "backend_ahead_on_every_pass": clearly_ahead(ceilings),
+        "settings": settings,
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.md").write_text(markdown(rows, ceilings, args.backend, settings))
+    plot(rows, ceilings, args.out)
     print((args.out / "results.md").read_text())
 
 

@@ -17,6 +17,13 @@ from common.labels import ID2LABEL, NEGATIVE, POSITIVE
 # One text's answer: both labels, highest score first.
 Prediction = list[dict[str, float | str]]
 
+# Thread settings the worker gives its process before torch loads; the ceiling runs under them too.
+# A short spin of idle OpenMP threads: spinning for good starves the work that shares the cores,
+# never spinning wakes a sleeping thread for every op (docs/performance.md). oneDNN would cache a
+# kernel per input shape, and packed batches change shape with nearly every batch: memory grows
+# with no gain (docs/reliability.md, "Soak and memory").
+WORKER_THREAD_ENV = {"GOMP_SPINCOUNT": "10000", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+
 # Backend name -> "module:class", imported only when chosen, so torch loads only for the torch backend.
 BACKENDS = {"torch": "model.torch_backend:TorchClassifier", "onnx": "model.onnx_backend:OnnxClassifier"}
 
@@ -127,6 +134,12 @@ class TextClassifier:
             for index, prediction in zip(batch, self.predict_encoded([token_ids[i] for i in batch])):
                 predictions[index] = prediction
         return predictions
+
+
+def apply_worker_thread_env() -> None:
+    """Give this process the worker's thread settings, unless the environment sets them; before torch loads."""
+    for name, value in WORKER_THREAD_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def default_threads() -> int:

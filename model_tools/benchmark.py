@@ -1,15 +1,20 @@
 """Model-level throughput: sentences/s and per-batch latency on SST-2 dev sentences.
 
     python -m model_tools.benchmark --data ../shared/data/sst2 [--batch-sizes 1 8 32 64] [--device cuda] [--backend onnx]
+    python -m model_tools.benchmark --data ../shared/data/sst2 --ceilings [--passes 6] [--backends torch onnx]
 
 Each batch size runs twice: length-sorted (as the worker batches) and in the file's order.
+--ceilings compares every available backend instead (torch, and ONNX Runtime once exported):
+passes alternate between backends, each in its own process with the worker's thread settings,
+and each backend's figure is the median of its passes (docs/performance.md, "Choosing a backend").
 """
 
 import statistics
 import time
 
 from model.core import default_threads, length_sorted_batches
-from model_tools import load_or_exit, model_parser
+from model_tools import EXPORTED_ONNX_DIR, load_or_exit, model_parser
+from model_tools.ceilings import CeilingError, available_backends, describe, measure_ceilings
 from model_tools.sst2 import read_split
 
 
@@ -44,7 +49,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--repeat", type=int, default=1, help="score the dev set this many times per setting")
+    parser.add_argument("--ceilings", action="store_true", help="compare every available backend, passes interleaved")
+    parser.add_argument("--passes", type=int, default=6, help="with --ceilings: passes per backend")
+    parser.add_argument(
+        "--backends", nargs="+", choices=("torch", "onnx"), help="with --ceilings: these only (default: every available one)"
+    )
     args = parser.parse_args()
+    if args.ceilings:
+        compare_backends(args)
+        return
 
     model = load_or_exit(args.model, args.backend, args.device, args.threads)
     sentences = [example.sentence for example in read_split(args.data, "dev")] * args.repeat
@@ -63,6 +76,27 @@ def main() -> None:
                 f" {figures['p99_ms']:>8.1f} {figures['padding']:>7.0%}",
                 flush=True,
             )
+
+
+def compare_backends(args) -> None:
+    """Print each available backend's ceiling on the dev sentences, passes interleaved."""
+    sentences = [example.sentence for example in read_split(args.data, "dev")] * args.repeat
+    backends = available_backends(EXPORTED_ONNX_DIR)
+    if args.model:
+        backends[args.backend] = args.model
+    if args.backends:
+        missing = set(args.backends) - set(backends)
+        if missing:
+            raise SystemExit(
+                f"error: not available here: {', '.join(sorted(missing))} (onnx needs onnxruntime and make export-onnx)"
+            )
+        backends = {name: backends[name] for name in args.backends}
+    print(f"{len(sentences)} sentences, threads {args.threads}, backends {', '.join(backends)}", flush=True)
+    try:
+        ceilings = measure_ceilings(sentences, backends, args.threads, args.passes)
+    except CeilingError as error:
+        raise SystemExit(f"error: {error}") from None
+    print("\n".join(describe(ceilings)))
 
 
 if __name__ == "__main__":

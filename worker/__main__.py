@@ -1,25 +1,20 @@
 """Start a worker: ``python -m worker``. Loads the model first and exits 1 with a clear message if it cannot."""
 
-import os
+from model.core import apply_worker_thread_env
 
-# Set before torch loads. A short spin of idle OpenMP threads: spinning for good starves the work
-# that shares the cores, never spinning wakes a sleeping thread for every op (docs/performance.md).
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-# oneDNN would cache a kernel per input shape, and packed batches change shape with nearly every
-# batch: memory grows with no gain (docs/reliability.md, "Soak and memory").
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+apply_worker_thread_env()  # before torch loads
 
 import logging  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-from celery import signals
+from celery import signals  # noqa: E402
 
-from common.celery_app import create_celery
-from common.settings import Settings
-from worker.runtime import WorkerRuntime
-from worker.tasks import register_tasks
+from common.celery_app import create_celery  # noqa: E402
+from common.settings import Settings  # noqa: E402
+from worker.runtime import WorkerRuntime  # noqa: E402
+from worker.tasks import register_tasks  # noqa: E402
 
 log = logging.getLogger("worker")
 

@@ -1,0 +1,151 @@
+"""The ceiling of every available backend: the model alone on the same texts, passes interleaved.
+
+One pass scores every text once, in the worker's length-sorted batches (BATCH_MAX_TEXTS and
+BATCH_MAX_TOKENS at their defaults). Each backend runs in a process of its own, started with the
+worker's thread settings, and the passes alternate between backends (A/B/A/B), so a shared CPU's
+swings fall on both alike; each backend's figure is the median of its passes. ``bench.run`` and
+``model_tools.benchmark --ceilings`` report these.
+"""
+
+import importlib.util
+import multiprocessing
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model import BUNDLED_MODEL_DIR
+from model.core import apply_worker_thread_env
+
+# The worker's batch bounds (common/settings.py defaults).
+BATCH_MAX_TEXTS = 64
+BATCH_MAX_TOKENS = 8192
+# Dev sentences plus three one-token tag words: shaped like the texts bench.run's k6 scripts send.
+TAGS = ["table river green", "house window paper", "music stone light", "water garden chair"]
+
+
+def tagged_texts(sentences: list[str], count: int) -> list[str]:
+    """``count`` distinct texts shaped like the load test's: a dev sentence and three tag words."""
+    return [f"{sentences[n % len(sentences)]} {TAGS[n // len(sentences) % len(TAGS)]}" for n in range(count)]
+
+
+class CeilingError(RuntimeError):
+    """A backend's model could not be loaded for its ceiling."""
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """One backend's passes over the same texts, in sentences/s."""
+
+    backend: str
+    model: str
+    passes: list[float]
+    real_tokens: int
+    computed_tokens: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.passes)
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "median_sentences_per_s": self.median,
+            "real_to_computed_tokens": self.real_tokens / self.computed_tokens if self.computed_tokens else None,
+        }
+
+
+def available_backends(onnx_model: Path) -> dict[str, Path]:
+    """Backend -> model folder: torch with the bundled model, and ONNX Runtime where installed and exported."""
+    backends = {"torch": BUNDLED_MODEL_DIR}
+    if importlib.util.find_spec("onnxruntime") and (Path(onnx_model) / "model.onnx").is_file():
+        backends["onnx"] = Path(onnx_model)
+    return backends
+
+
+def clearly_ahead(ceilings: dict[str, Ceiling]) -> str | None:
+    """The backend whose slowest pass beats every other backend's fastest, if one does."""
+    for name, ceiling in ceilings.items():
+        others = [other for other_name, other in ceilings.items() if other_name != name]
+        if others and all(min(ceiling.passes) > max(other.passes) for other in others):
+            return name
+    return None
+
+
+def _serve_passes(connection, backend: str, model: str, threads: int, texts: list[str]) -> None:
+    """Child process: load the model once, then run one timed pass per request until told to stop."""
+    apply_worker_thread_env()  # before torch loads, as in the worker
+    from model.core import ModelLoadError, length_sorted_batches, load_classifier
+
+    try:
+        classifier = load_classifier(model, backend, "cpu", threads)
+    except ModelLoadError as error:
+        connection.send({"error": str(error).strip().splitlines()[0]})
+        return
+    token_ids = classifier.encode(texts)
+    lengths = [len(ids) for ids in token_ids]
+    batches = length_sorted_batches(lengths, BATCH_MAX_TEXTS, BATCH_MAX_TOKENS, classifier.pads)
+    classifier.predict_encoded([token_ids[i] for i in batches[len(batches) // 2]])  # warm-up
+    real = sum(lengths)
+    computed = sum(classifier.computed_tokens([lengths[i] for i in batch]) for batch in batches)
+    connection.send({"real_tokens": real, "computed_tokens": computed})
+    while connection.recv() == "pass":
+        # Tokenising is part of the worker's forward thread, so it is part of the pass.
+        started = time.perf_counter()
+        token_ids = classifier.encode(texts)
+        for batch in batches:
+            classifier.predict_encoded([token_ids[i] for i in batch])
+        connection.send(len(texts) / (time.perf_counter() - started))
+
+
+def measure_ceilings(texts: list[str], backends: dict[str, Path], threads: int, passes: int) -> dict[str, Ceiling]:
+    """Sentences/s of each backend on ``texts``: ``passes`` passes each, alternating between backends."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch loads under the worker's settings
+    children = {}
+    try:
+        for backend, model in backends.items():
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=_serve_passes, args=(child_end, backend, str(model), threads, texts))
+            process.start()
+            children[backend] = (process, parent_end)
+        # Every child loads and warms up first; only then do passes start, one at a time.
+        tokens = {}
+        for backend, (_, connection) in children.items():
+            try:
+                tokens[backend] = connection.recv()
+            except EOFError:
+                raise CeilingError(f"{backend}: its process ended before the model was loaded") from None
+        for backend, answer in tokens.items():
+            if "error" in answer:
+                raise CeilingError(f"{backend}: {answer['error']}")
+        rates: dict[str, list[float]] = {backend: [] for backend in backends}
+        for _ in range(passes):
+            for backend, (_, connection) in children.items():
+                connection.send("pass")
+                rates[backend].append(connection.recv())
+        return {backend: Ceiling(backend, str(backends[backend]), rates[backend], **tokens[backend]) for backend in backends}
+    finally:
+        for process, connection in children.values():
+            try:
+                connection.send("stop")
+            except OSError:
+                pass  # the child already ended
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+
+
+def describe(ceilings: dict[str, Ceiling], in_use: str | None = None) -> list[str]:
+    """One line per backend: median, the spread of its passes, and how much of what it computed was real text."""
+    lines = []
+    for name, ceiling in ceilings.items():
+        marker = " (in use)" if name == in_use else ""
+        lines.append(
+            f"{name}{marker}: median {ceiling.median:.1f} sentences/s over {len(ceiling.passes)} passes"
+            f" ({min(ceiling.passes):.1f} to {max(ceiling.passes):.1f}),"
+            f" real/computed tokens {ceiling.real_tokens / ceiling.computed_tokens:.2f}"
+        )
+    ahead = clearly_ahead(ceilings)
+    if len(ceilings) > 1:
+        lines.append(f"{ahead} is ahead on every pass" if ahead else "no backend is ahead on every pass: keep torch (packed)")
+    return lines
