@@ -58,18 +58,28 @@ def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[list[lis
     return input_ids, attention_mask
 
 
-def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: int, padded: bool = True) -> list[list[int]]:
+# A forward pass's fixed cost, in tokens' worth of compute: on ONNX Runtime (CPU), one short text
+# costs about as much again as its tokens (docs/performance.md, "Length buckets").
+PASS_OVERHEAD_TOKENS = 32
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], max_texts: int, max_tokens: int, padded: bool = True, pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS
+) -> list[list[int]]:
     """Group indices, shortest first, into batches bounded by text count and computed token count.
 
-    ``padded``: a forward pass computes count x longest tokens; otherwise (packed) only the real ones.
+    ``padded``: a forward pass computes count x longest tokens, so texts of like length go together
+    (length buckets, cut where the padding saved outweighs another pass's fixed cost); otherwise
+    (packed) only the real tokens count and batches fill up in order.
     """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if padded:
+        return _length_buckets(order, lengths, max_texts, max_tokens, pass_overhead_tokens)
     batches: list[list[int]] = []
     current: list[int] = []
     real_tokens = 0
-    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        # Sorted ascending, so this text is the longest so far: padded size = count * its length.
-        tokens = (len(current) + 1) * lengths[index] if padded else real_tokens + lengths[index]
-        if current and (len(current) >= max_texts or tokens > max_tokens):
+    for index in order:
+        if current and (len(current) >= max_texts or real_tokens + lengths[index] > max_tokens):
             batches.append(current)
             current, real_tokens = [], 0
         current.append(index)
@@ -77,6 +87,34 @@ def length_sorted_batches(lengths: Sequence[int], max_texts: int, max_tokens: in
     if current:
         batches.append(current)
     return batches
+
+
+def _length_buckets(
+    order: list[int], lengths: Sequence[int], max_texts: int, max_tokens: int, pass_overhead_tokens: int
+) -> list[list[int]]:
+    """Cut the length-sorted ``order`` into runs of least total cost: each run's count x longest, plus a pass's overhead.
+
+    Exact (dynamic programming over the cut points), at most count x max_texts steps.
+    """
+    cost = [0] + [0] * len(order)
+    run_start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        best = None
+        for start in range(end - 1, max(-1, end - 1 - max_texts), -1):
+            count = end - start
+            if count > 1 and count * longest > max_tokens:
+                break
+            candidate = cost[start] + pass_overhead_tokens + count * longest
+            if best is None or candidate < best:
+                best, run_start[end] = candidate, start
+        cost[end] = best
+    batches = []
+    end = len(order)
+    while end:
+        batches.append(order[run_start[end] : end])
+        end = run_start[end]
+    return batches[::-1]
 
 
 def config_digest(config) -> "hashlib._Hash":

@@ -1,6 +1,8 @@
 """The model layer: the bundled model's quality, batch-independent scores, and other architectures."""
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +144,48 @@ def test_length_sorted_batches_respect_both_bounds():
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
 
 
+def test_padded_batches_put_texts_of_like_length_together():
+    # Padding the short texts to the long ones would cost more than a second forward pass.
+    lengths = [8, 60, 9, 58, 10, 59]
+    batches = length_sorted_batches(lengths, max_texts=64, max_tokens=8192, padded=True, pass_overhead_tokens=32)
+    assert [[lengths[i] for i in batch] for batch in batches] == [[8, 9, 10], [58, 59, 60]]
+    # Lengths too close to be worth another pass stay in one.
+    assert len(length_sorted_batches([20, 21, 22, 23], max_texts=64, max_tokens=8192, padded=True)) == 1
+
+
+def padded_cost(batches: list[list[int]], lengths: list[int], overhead: int) -> int:
+    return sum(overhead + len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def every_cut(count: int):
+    """Every way to cut a sorted run of ``count`` texts into consecutive batches, as lists of sizes."""
+    if count == 0:
+        yield []
+        return
+    for first in range(1, count + 1):
+        for rest in every_cut(count - first):
+            yield [first, *rest]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_padded_batches_cost_no_more_than_any_other_cut_within_the_bounds(seed):
+    generator = random.Random(seed)
+    lengths = [generator.randint(3, 60) for _ in range(generator.randint(1, 9))]
+    max_texts, max_tokens, overhead = generator.randint(1, 6), generator.choice([60, 120, 8192]), generator.choice([0, 16, 64])
+    batches = length_sorted_batches(lengths, max_texts, max_tokens, padded=True, pass_overhead_tokens=overhead)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    allowed = []
+    for sizes in every_cut(len(lengths)):
+        starts = [sum(sizes[:n]) for n in range(len(sizes))]
+        cut = [order[start : start + size] for start, size in zip(starts, sizes)]
+        if all(len(b) == 1 or (len(b) <= max_texts and len(b) * max(lengths[i] for i in b) <= max_tokens) for b in cut):
+            allowed.append(padded_cost(cut, lengths, overhead))
+    for batch in batches:
+        assert len(batch) == 1 or (len(batch) <= max_texts and len(batch) * max(lengths[i] for i in batch) <= max_tokens)
+    assert padded_cost(batches, lengths, overhead) == min(allowed)
+
+
 def test_postprocess_orders_labels_by_score():
     assert postprocess([[0.2, 0.8]], ["NEGATIVE", "POSITIVE"]) == [
         [{"label": "POSITIVE", "score": 0.8}, {"label": "NEGATIVE", "score": 0.2}]
@@ -161,6 +205,22 @@ def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_dis
         assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(ours, reference))
     assert_batch_independent(onnx_model, "the plot is thin , but the acting is superb .")
     assert onnx_model.identity != torch_model.identity
+
+
+def test_onnx_runtime_compute_threads_count_as_the_forward_pass(tiny_distilbert, tmp_path):
+    """bench.run reads the forward pass's CPU from threads named "forward"; ORT's own threads must be among them."""
+    from model_tools.export_onnx import export
+
+    export(str(tiny_distilbert), tmp_path)
+    program = (
+        "import json, os; from common.settings import Settings; from worker.runtime import load_model\n"
+        f"load_model(Settings.from_env({{'model': {str(tmp_path)!r}, 'model_backend': 'onnx', 'torch_threads': 2}}))\n"
+        "print(json.dumps([open(f'/proc/self/task/{tid}/comm').read().strip() for tid in os.listdir('/proc/self/task')]))"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "forward" in names, names
 
 
 def assert_packed_equals_padded(model: TorchClassifier, texts: list[str]) -> None:

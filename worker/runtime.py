@@ -23,6 +23,7 @@ from worker import metrics
 from worker.batcher import Batcher, BatchRecord, DeadlineExpired, PendingJob
 from worker.bookkeeping import Bookkeeper
 from worker.bulk import BulkConsumer
+from worker.thread_names import FORWARD_THREAD_NAME, name_this_thread
 from worker.webhooks import WebhookLane
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,27 @@ BOOKKEEPING_STOP_S = 5
 
 
 def load_model(settings):
-    """Load the configured model with the configured backend; raises ModelLoadError."""
+    """Load the configured model with the configured backend; raises ModelLoadError.
+
+    It loads in a thread named like the batcher's: ONNX Runtime starts its compute threads as the
+    model loads, and they take their creator's name, so their CPU counts as the forward pass's.
+    """
     threads = settings.torch_threads or default_threads()
-    return load_classifier(settings.model, settings.model_backend, settings.device, threads)
+    outcome: dict = {}
+
+    def load() -> None:
+        name_this_thread(FORWARD_THREAD_NAME)
+        try:
+            outcome["model"] = load_classifier(settings.model, settings.model_backend, settings.device, threads)
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    loader = threading.Thread(target=load, name="model-load")
+    loader.start()
+    loader.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["model"]
 
 
 def resident_mib() -> float:
