@@ -6,9 +6,10 @@ It starts a private Redis (appendfsync everysec, as deployed), one worker and gu
 loopback; runs k6 (loadtest/*.js) at each concurrency with 1 and then 8 texts per request,
 uncached and cached; measures /health as the
 trivial-endpoint yardstick; then runs the naive design (bench/naive_server.py) with the same k6
-scripts and texts, and the ceilings: every available backend alone on texts shaped like k6's, in
-the worker's length-sorted batches, its passes interleaved with the other backend's
-(model_tools/ceilings.py). Results: <out>/results.md, results.json, throughput.png, p99.png.
+scripts and texts. The ceilings: every available backend alone on texts shaped like k6's, in the
+worker's length-sorted batches, each in its own process (model_tools/ceilings.py), one pass of
+each before the first row and after every row, so each row has passes on either side of it.
+Results: <out>/results.md, results.json, throughput.png, p99.png.
 
 On 2 cores the load generator competes with the service. --client-cpus pins k6 (taskset) and
 GOMAXPROCS caps its threads; --service-cpus pins the service's processes.
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model import BUNDLED_MODEL_DIR
 from model_tools import EXPORTED_ONNX_DIR, default_model
-from model_tools.ceilings import Ceiling, available_backends, clearly_ahead, describe, measure_ceilings, tagged_texts
+from model_tools.ceilings import Ceiling, CeilingSampler, available_backends, clearly_ahead, describe, tagged_texts
 from model_tools.sst2 import read_split
 from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 from worker.thread_names import FORWARD_THREAD_NAME
@@ -160,19 +161,26 @@ def plot(rows: list[dict], ceilings: dict[str, Ceiling], out: Path) -> None:
         plt.close(fig)
 
 
-def ratios(rows: list[dict], best_ceiling: float) -> list[str]:
-    """The figures the service is held to: uncached against the best ceiling and naive, cached against /health."""
+def ratios(rows: list[dict], best: Ceiling) -> list[str]:
+    """The figures the service is held to: uncached against the best backend's ceiling and naive, cached against /health.
+
+    Against the ceiling, a row is compared with the best backend's passes just before and after it.
+    """
     by = {(r["design"], r["texts"], r["concurrency"]): r for r in rows}
     lines = []
     for (design, texts, clients), row in sorted(by.items(), key=lambda item: (item[0][1], item[0][2])):
         if design == "service uncached":
             naive = by.get(("naive", texts, clients))
-            versus_naive = f", {row['sentences_per_s'] / naive['sentences_per_s']:.2f}x naive" if naive else ""
-            lines.append(
-                f"- uncached, {texts} text(s), {clients} client(s): {row['sentences_per_s'] / best_ceiling:.2f}x the best"
-                f" ceiling{versus_naive}"
-                + (f"; p50 {row['p50_ms'] - naive['p50_ms']:+.1f} ms against naive" if naive and clients == 1 else "")
+            around = row["ceilings_around"][best.backend]
+            line = (
+                f"- uncached, {texts} text(s), {clients} client(s): {row['sentences_per_s'] / around:.2f}x the {best.backend}"
+                f" ceiling around it ({around:.1f}; {row['sentences_per_s'] / best.median:.2f}x the run's median)"
             )
+            if naive:
+                line += f", {row['sentences_per_s'] / naive['sentences_per_s']:.2f}x naive"
+                if clients == 1:
+                    line += f", p50 {row['p50_ms'] - naive['p50_ms']:+.1f} ms against naive"
+            lines.append(line)
         elif design == "service cached":
             health = by.get(("trivial /health", 0, clients))
             if health:
@@ -184,9 +192,9 @@ def ratios(rows: list[dict], best_ceiling: float) -> list[str]:
 
 
 def markdown(rows: list[dict], ceilings: dict[str, Ceiling], backend: str, settings: dict) -> str:
-    best = max(ceiling.median for ceiling in ceilings.values())
+    best = max(ceilings.values(), key=lambda ceiling: ceiling.median)
     lines = [
-        "Ceilings (the model alone, the worker's length-sorted batches, passes interleaved between backends):",
+        "Ceilings (the model alone, the worker's length-sorted batches; a pass of each backend before and after every row):",
         "",
         *(f"- {line}" for line in describe(ceilings, backend)),
         "",
@@ -223,6 +231,26 @@ def markdown(rows: list[dict], ceilings: dict[str, Ceiling], backend: str, setti
     return "\n".join(lines) + "\n"
 
 
+class RowRecorder:
+    """The run's rows in order, each bracketed by ceiling passes: one just before it and one just after.
+
+    A shared machine's speed drifts over minutes; a row's ratio to the ceilings measured around it
+    holds where a ratio to passes taken at another time would not.
+    """
+
+    def __init__(self, sampler: CeilingSampler):
+        self.sampler = sampler
+        self.rows: list[dict] = []
+        self._before = sampler.sample()
+
+    def add(self, row: dict) -> None:
+        after = self.sampler.sample()
+        row["ceilings_around"] = {backend: (self._before[backend] + rate) / 2 for backend, rate in after.items()}
+        self._before = after
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding SST-2 dev.tsv")
@@ -235,24 +263,47 @@ def main() -> None:
         "--model", help="model folder; default: the bundled model, or its ONNX export (make export-onnx) for --backend onnx"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch/ORT threads for worker, naive server and ceilings")
-    parser.add_argument("--ceiling-passes", type=int, default=5, help="passes per backend for the ceilings")
-    parser.add_argument("--ceiling-texts", type=int, default=1000, help="texts in one ceiling pass")
+    parser.add_argument("--ceiling-texts", type=int, default=500, help="texts in one ceiling pass")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--client-cpus", default="", help="taskset CPU list for k6, e.g. 1")
     parser.add_argument("--service-cpus", default="", help="taskset CPU list for the service processes, e.g. 0")
     args = parser.parse_args()
     args.model = str(args.model or default_model(args.backend))
-
     args.out = args.out.resolve()  # k6 opens files relative to its script, so pass absolute paths
     args.out.mkdir(parents=True, exist_ok=True)
     sentences = [example.sentence for example in read_split(args.data, "dev")]
+    backends = available_backends(EXPORTED_ONNX_DIR)
+    backends[args.backend] = Path(args.model)
+    # Loaded first, then idle in their own processes except for a pass before and after each row.
+    with CeilingSampler(tagged_texts(sentences, args.ceiling_texts), backends, args.threads) as sampler:
+        recorder = RowRecorder(sampler)
+        measure(args, sentences, recorder)
+        ceilings = sampler.ceilings()
+    rows = recorder.rows
+    ceiling_rate = ceilings[args.backend].median
+    settings = {"backend": args.backend, "threads": args.threads, "web_processes": args.web_processes, "duration": args.duration,
+                "client_cpus": args.client_cpus or "any", "service_cpus": args.service_cpus or "any"}  # fmt: skip
+    results = {
+        "ceiling_sentences_per_s": ceiling_rate,
+        "ceilings": {name: ceiling.as_dict() for name, ceiling in ceilings.items()},
+        "backend_ahead_in_every_pair": clearly_ahead(ceilings),
+        "settings": settings,
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.md").write_text(markdown(rows, ceilings, args.backend, settings))
+    plot(rows, ceilings, args.out)
+    print((args.out / "results.md").read_text())
+
+
+def measure(args, sentences: list[str], recorder: RowRecorder) -> None:
+    """The service's rows (uncached, cached, /health), then the naive design's."""
     sentences_file = args.out / "sentences.json"
     sentences_file.write_text(json.dumps(sentences))
     client_prefix = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
     service_prefix = ["taskset", "-c", args.service_cpus] if args.service_cpus else []
     run_offsets = iter(range(1, 10_000))  # each uncached run gets texts no other run used
     common_env = {"SENTENCES": str(sentences_file), "DURATION": args.duration}
-    rows: list[dict] = []
 
     # As deployed (k8s, compose, make run): fsync once a second. "always" (the tests' setting, so a
     # killed Redis loses nothing) fsyncs every write and added about 2.4 ms to a lone text's request.
@@ -308,7 +359,7 @@ def main() -> None:
                     batches = total(after_worker, "sentiment_worker_batch_texts_count") - total(
                         before_worker, "sentiment_worker_batch_texts_count"
                     )
-                    rows.append(
+                    recorder.add(
                         {
                             "design": design,
                             "texts": texts,
@@ -320,7 +371,6 @@ def main() -> None:
                             "real_to_computed_tokens": tokens["real"] / tokens["computed"] if tokens["computed"] else None,
                         }
                     )
-                    print(json.dumps(rows[-1]), flush=True)
                 if texts == args.texts[0]:
                     summary = run_k6(
                         "trivial.js",
@@ -329,8 +379,7 @@ def main() -> None:
                         args.out / f"k6-trivial-{concurrency}.json",
                         client_prefix,
                     )
-                    rows.append({"design": "trivial /health", "texts": 0, "concurrency": concurrency, **k6_figures(summary, 0)})
-                    print(json.dumps(rows[-1]), flush=True)
+                    recorder.add({"design": "trivial /health", "texts": 0, "concurrency": concurrency, **k6_figures(summary, 0)})
     finally:
         for process in processes:
             process.stop()
@@ -362,30 +411,11 @@ def main() -> None:
                 )
                 figures = k6_figures(summary, texts)
                 cpu = CpuMeter.per_1000_texts(before_cpu, naive_meter.read(), figures["requests"] * texts)
-                rows.append(
+                recorder.add(
                     {"design": "naive", "texts": texts, "concurrency": concurrency, **figures, "cpu_s_per_1000_texts": cpu}
                 )
-                print(json.dumps(rows[-1]), flush=True)
     finally:
         naive.stop()
-
-    backends = available_backends(EXPORTED_ONNX_DIR)
-    backends[args.backend] = Path(args.model)
-    ceilings = measure_ceilings(tagged_texts(sentences, args.ceiling_texts), backends, args.threads, args.ceiling_passes)
-    ceiling_rate = ceilings[args.backend].median
-    settings = {"backend": args.backend, "threads": args.threads, "web_processes": args.web_processes, "duration": args.duration,
-                "client_cpus": args.client_cpus or "any", "service_cpus": args.service_cpus or "any"}  # fmt: skip
-    results = {
-        "ceiling_sentences_per_s": ceiling_rate,
-        "ceilings": {name: ceiling.as_dict() for name, ceiling in ceilings.items()},
-        "backend_ahead_on_every_pass": clearly_ahead(ceilings),
-        "settings": settings,
-        "rows": rows,
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out / "results.md").write_text(markdown(rows, ceilings, args.backend, settings))
-    plot(rows, ceilings, args.out)
-    print((args.out / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Each batch size runs twice: length-sorted (as the worker batches) and in the file's order.
 --ceilings compares every available backend instead (torch, and ONNX Runtime once exported):
 passes alternate between backends, each in its own process with the worker's thread settings,
-and each backend's figure is the median of its passes (docs/performance.md, "Choosing a backend").
+and each backend's figure is the median of its passes (docs/performance.md, "Choosing MODEL_BACKEND").
 """
 
 import statistics

@@ -20,6 +20,8 @@ from model.core import apply_worker_thread_env
 # The worker's batch bounds (common/settings.py defaults).
 BATCH_MAX_TEXTS = 64
 BATCH_MAX_TOKENS = 8192
+# Fewest pairs of passes from which one backend counts as ahead of another.
+MIN_PAIRS = 5
 # Dev sentences plus three one-token tag words: shaped like the texts bench.run's k6 scripts send.
 TAGS = ["table river green", "house window paper", "music stone light", "water garden chair"]
 
@@ -64,12 +66,22 @@ def available_backends(onnx_model: Path) -> dict[str, Path]:
 
 
 def clearly_ahead(ceilings: dict[str, Ceiling]) -> str | None:
-    """The backend whose slowest pass beats every other backend's fastest, if one does."""
+    """The backend faster than every other in every pair of passes, if one is (at least 5 pairs).
+
+    Pass n of every backend ran back to back, so a pair shares the machine's speed of the moment;
+    by chance alone, one of two equal backends wins 5 pairs in a row 1 time in 32.
+    """
     for name, ceiling in ceilings.items():
         others = [other for other_name, other in ceilings.items() if other_name != name]
-        if others and all(min(ceiling.passes) > max(other.passes) for other in others):
+        pairs = [list(zip(ceiling.passes, other.passes)) for other in others]
+        if others and all(len(pair) >= MIN_PAIRS and all(ours > theirs for ours, theirs in pair) for pair in pairs):
             return name
     return None
+
+
+def pair_ratios(ceiling: Ceiling, other: Ceiling) -> list[float]:
+    """``ceiling``'s speed over ``other``'s in each pair of passes run back to back."""
+    return [ours / theirs for ours, theirs in zip(ceiling.passes, other.passes)]
 
 
 def _serve_passes(connection, backend: str, model: str, threads: int, texts: list[str]) -> None:
@@ -98,34 +110,61 @@ def _serve_passes(connection, backend: str, model: str, threads: int, texts: lis
         connection.send(len(texts) / (time.perf_counter() - started))
 
 
-def measure_ceilings(texts: list[str], backends: dict[str, Path], threads: int, passes: int) -> dict[str, Ceiling]:
-    """Sentences/s of each backend on ``texts``: ``passes`` passes each, alternating between backends."""
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch loads under the worker's settings
-    children = {}
-    try:
-        for backend, model in backends.items():
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=_serve_passes, args=(child_end, backend, str(model), threads, texts))
-            process.start()
-            children[backend] = (process, parent_end)
-        # Every child loads and warms up first; only then do passes start, one at a time.
-        tokens = {}
-        for backend, (_, connection) in children.items():
-            try:
-                tokens[backend] = connection.recv()
-            except EOFError:
-                raise CeilingError(f"{backend}: its process ended before the model was loaded") from None
-        for backend, answer in tokens.items():
-            if "error" in answer:
-                raise CeilingError(f"{backend}: {answer['error']}")
-        rates: dict[str, list[float]] = {backend: [] for backend in backends}
-        for _ in range(passes):
-            for backend, (_, connection) in children.items():
-                connection.send("pass")
-                rates[backend].append(connection.recv())
-        return {backend: Ceiling(backend, str(backends[backend]), rates[backend], **tokens[backend]) for backend in backends}
-    finally:
-        for process, connection in children.values():
+class CeilingSampler:
+    """Each backend loaded once in a process of its own, ready to run a pass whenever asked.
+
+    ``sample()`` runs one pass of every backend, one after another; between samples the processes
+    sit idle, so a benchmark can take samples between its other measurements.
+    """
+
+    def __init__(self, texts: list[str], backends: dict[str, Path], threads: int):
+        self.texts, self.backends, self.threads = texts, backends, threads
+        self.rates: dict[str, list[float]] = {backend: [] for backend in backends}
+        self._children: dict[str, tuple] = {}
+        self._tokens: dict[str, dict] = {}
+
+    def __enter__(self) -> "CeilingSampler":
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch loads under the worker's settings
+        try:
+            for backend, model in self.backends.items():
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=_serve_passes, args=(child_end, backend, str(model), self.threads, self.texts))
+                process.start()
+                self._children[backend] = (process, parent_end)
+            # Every child loads and warms up first; only then do passes start, one at a time.
+            for backend, (_, connection) in self._children.items():
+                try:
+                    self._tokens[backend] = connection.recv()
+                except EOFError:
+                    raise CeilingError(f"{backend}: its process ended before the model was loaded") from None
+                if "error" in self._tokens[backend]:
+                    raise CeilingError(f"{backend}: {self._tokens[backend]['error']}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sample(self) -> dict[str, float]:
+        """One pass of each backend, in turn; their sentences/s."""
+        rates = {}
+        for backend, (_, connection) in self._children.items():
+            connection.send("pass")
+            rates[backend] = connection.recv()
+            self.rates[backend].append(rates[backend])
+        return rates
+
+    def ceilings(self) -> dict[str, Ceiling]:
+        """Every backend's passes so far."""
+        return {
+            backend: Ceiling(backend, str(model), self.rates[backend], **self._tokens[backend])
+            for backend, model in self.backends.items()
+        }
+
+    def close(self) -> None:
+        for process, connection in self._children.values():
             try:
                 connection.send("stop")
             except OSError:
@@ -133,10 +172,19 @@ def measure_ceilings(texts: list[str], backends: dict[str, Path], threads: int, 
             process.join(30)
             if process.is_alive():
                 process.kill()
+        self._children = {}
+
+
+def measure_ceilings(texts: list[str], backends: dict[str, Path], threads: int, passes: int) -> dict[str, Ceiling]:
+    """Sentences/s of each backend on ``texts``: ``passes`` passes each, alternating between backends."""
+    with CeilingSampler(texts, backends, threads) as sampler:
+        for _ in range(passes):
+            sampler.sample()
+        return sampler.ceilings()
 
 
 def describe(ceilings: dict[str, Ceiling], in_use: str | None = None) -> list[str]:
-    """One line per backend: median, the spread of its passes, and how much of what it computed was real text."""
+    """One line per backend (median, the spread of its passes, real/computed tokens), then how they compare pair by pair."""
     lines = []
     for name, ceiling in ceilings.items():
         marker = " (in use)" if name == in_use else ""
@@ -145,7 +193,18 @@ def describe(ceilings: dict[str, Ceiling], in_use: str | None = None) -> list[st
             f" ({min(ceiling.passes):.1f} to {max(ceiling.passes):.1f}),"
             f" real/computed tokens {ceiling.real_tokens / ceiling.computed_tokens:.2f}"
         )
-    ahead = clearly_ahead(ceilings)
+    if len(ceilings) == 2:
+        (first_name, first), (second_name, second) = ceilings.items()
+        ratios = pair_ratios(second, first)
+        lines.append(
+            f"{second_name} / {first_name}, pass by pass: median {statistics.median(ratios):.2f}"
+            f" ({min(ratios):.2f} to {max(ratios):.2f}), faster in {sum(ratio > 1 for ratio in ratios)} of {len(ratios)} pairs"
+        )
     if len(ceilings) > 1:
-        lines.append(f"{ahead} is ahead on every pass" if ahead else "no backend is ahead on every pass: keep torch (packed)")
+        ahead = clearly_ahead(ceilings)
+        lines.append(
+            f"{ahead} is faster in every pair of passes"
+            if ahead
+            else "no backend is faster in every pair of passes: keep torch (packed)"
+        )
     return lines
