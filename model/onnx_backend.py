@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoTokenizer
 from model.core import ModelLoadError, TextClassifier, config_digest, pad_batch
 
 ONNX_FILE = "model.onnx"
+SPINNING_OPTION = "session.intra_op.allow_spinning"
 
 
 class OnnxClassifier(TextClassifier):
@@ -39,6 +40,9 @@ class OnnxClassifier(TextClassifier):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # Idle compute threads sleep instead of spinning: the worker shares its cores with Redis I/O
+        # and Celery, and spinning took their CPU (docs/performance.md, "ONNX Runtime's threads").
+        options.add_session_config_entry(SPINNING_OPTION, "0")
         available = onnxruntime.get_available_providers()
         wants_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
         if device == "cuda" and not wants_cuda:

@@ -193,7 +193,7 @@ def test_postprocess_orders_labels_by_score():
 
 
 def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_distilbert, tmp_path):
-    from model.onnx_backend import OnnxClassifier
+    from model.onnx_backend import SPINNING_OPTION, OnnxClassifier
     from model_tools.export_onnx import export
 
     export(str(tiny_distilbert), tmp_path)
@@ -205,6 +205,8 @@ def test_onnx_export_scores_like_torch_and_independently_of_batch_mates(tiny_dis
         assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(ours, reference))
     assert_batch_independent(onnx_model, "the plot is thin , but the acting is superb .")
     assert onnx_model.identity != torch_model.identity
+    # Idle compute threads sleep rather than spin on the cores the worker shares.
+    assert onnx_model.session.get_session_options().get_session_config_entry(SPINNING_OPTION) == "0"
 
 
 def test_onnx_runtime_compute_threads_count_as_the_forward_pass(tiny_distilbert, tmp_path):
