@@ -1,9 +1,10 @@
 """The ceiling of every available backend: the model alone on the same texts, passes interleaved.
 
 One pass scores every text once, in the worker's length-sorted batches (BATCH_MAX_TEXTS and
-BATCH_MAX_TOKENS at their defaults). Each backend runs in a process of its own, started with the
-worker's thread settings, and the passes alternate between backends (A/B/A/B), so a shared CPU's
-swings fall on both alike; each backend's figure is the median of its passes. ``bench.run`` and
+BATCH_MAX_TOKENS at their defaults), tokenising included. Each backend runs in a process of its
+own, started with the worker's thread settings, and passes alternate between backends (A/B/A/B):
+a backend's ceiling is the median of its passes, and since the passes of one round run back to
+back, comparing them round by round cancels the shared machine's drift. ``bench.run`` and
 ``model_tools.benchmark --ceilings`` report these.
 """
 
