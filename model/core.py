@@ -96,7 +96,7 @@ def _length_buckets(
 
     Exact (dynamic programming over the cut points), at most count x max_texts steps.
     """
-    cost = [0] + [0] * len(order)
+    cost = [0] * (len(order) + 1)
     run_start = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         longest = lengths[order[end - 1]]

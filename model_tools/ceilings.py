@@ -15,12 +15,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common.settings import Settings
 from model import BUNDLED_MODEL_DIR
 from model.core import apply_worker_thread_env
 
-# The worker's batch bounds (common/settings.py defaults).
-BATCH_MAX_TEXTS = 64
-BATCH_MAX_TOKENS = 8192
+# The worker's batch bounds, at their defaults.
+BATCH_MAX_TEXTS = Settings.batch_max_texts
+BATCH_MAX_TOKENS = Settings.batch_max_tokens
 # Fewest pairs of passes from which one backend counts as ahead of another.
 MIN_PAIRS = 5
 # Dev sentences plus three one-token tag words: shaped like the texts bench.run's k6 scripts send.
@@ -50,11 +51,15 @@ class Ceiling:
     def median(self) -> float:
         return statistics.median(self.passes)
 
+    @property
+    def real_to_computed_tokens(self) -> float | None:
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else None
+
     def as_dict(self) -> dict:
         return {
             **asdict(self),
             "median_sentences_per_s": self.median,
-            "real_to_computed_tokens": self.real_tokens / self.computed_tokens if self.computed_tokens else None,
+            "real_to_computed_tokens": self.real_to_computed_tokens,
         }
 
 
@@ -192,7 +197,7 @@ def describe(ceilings: dict[str, Ceiling], in_use: str | None = None) -> list[st
         lines.append(
             f"{name}{marker}: median {ceiling.median:.1f} sentences/s over {len(ceiling.passes)} passes"
             f" ({min(ceiling.passes):.1f} to {max(ceiling.passes):.1f}),"
-            f" real/computed tokens {ceiling.real_tokens / ceiling.computed_tokens:.2f}"
+            f" real/computed tokens {ceiling.real_to_computed_tokens:.2f}"
         )
     if len(ceilings) == 2:
         (first_name, first), (second_name, second) = ceilings.items()
