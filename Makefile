@@ -43,8 +43,10 @@ install-dev: $(VENV)/.dev-installed
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
 
+# redis-sentinel too: `python -m stack --ha`, its tests and bench.chaos's failover run the main Redis behind Sentinels.
 redis-server:
 	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
+	@command -v redis-sentinel >/dev/null || { $(APT_INSTALL) redis-sentinel; }
 
 # jemalloc: gunicorn runs on it where installed, as in Dockerfile.web (docs/reliability.md, "Soak and memory").
 jemalloc:

@@ -1,7 +1,8 @@
-"""Faults under load: 32 k6 clients of mixed traffic while a worker, Redis or a gunicorn process dies.
+"""Faults under load: 32 clients while a worker, Redis, a gunicorn process or the Redis primary dies.
 
-    python -m bench.chaos                                  (all three faults, 60 s of load each)
+    python -m bench.chaos                                  (all four faults, 60 s of load each)
     python -m bench.chaos --fault redis_restart --seconds 40
+    python -m bench.chaos --fault redis_failover           (the --ha stack: bench/failover.py)
 
 For each fault a fresh local stack (Redis with appendfsync always, one worker, gunicorn with two
 processes) takes loadtest/chaos.js's load (12 cached, 14 uncached and 6 async clients); a third
@@ -17,7 +18,9 @@ job record to end, then reports per fault: the clients' answers by class (ok, 50
 bad, hung past the wait bound), seconds until a fresh uncached request succeeds again, the jobs
 recorded and how they ended (done, failed, never: lost), and the done jobs whose results miss a
 text or hold one twice. Writes results/chaos.json and results/chaos.md. Not part of CI: about
-6 minutes.
+8 minutes.
+
+redis_failover runs on a stack of its own, with its own load and report: see bench/failover.py.
 """
 
 import argparse
@@ -26,70 +29,23 @@ import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import redis
-import requests
 
+from bench.failover import RecoveryProbe, run_redis_failover
 from bench.run import K6
 from common.store import Stores
 from common.store.keys import JOB_KEY_PREFIX, job_key
 from stack import REPO, RedisServer, child_pids, free_port, start_web, start_worker
 
-FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9")
+FAULTS = ("worker_kill9", "redis_restart", "gunicorn_kill9", "redis_failover")
 SYNC_WAIT_S = 20
 # A killed worker's unacked jobs come back after this long; the default (120 s) would only make the run longer.
 VISIBILITY_TIMEOUT_S = 30
 # What the clients saw (loadtest/chaos.js); how jobs ended is read from Redis afterwards.
 COUNTERS = ("answers_ok", "answers_503_json", "answers_429_json", "answers_bad", "answers_hung", "jobs_accepted")
-
-
-class RecoveryProbe:
-    """Posts a fresh uncached text every quarter second and records when each attempt succeeded."""
-
-    def __init__(self, web_url: str):
-        self.web_url = web_url
-        self.attempts: list[tuple[float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        number = 0
-        while not self._stop.is_set():
-            number += 1
-            started = time.time()
-            try:
-                response = requests.post(
-                    f"{self.web_url}/predict", json={"text": [f"a recovery probe , number {number} ."]}, timeout=30
-                )
-                ok = response.status_code == 200
-            except requests.RequestException:
-                ok = False
-            self.attempts.append((started, ok))
-            self._stop.wait(0.25)
-
-    def start(self) -> "RecoveryProbe":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def seconds_to_recover(self, fault_at: float) -> float:
-        """From the fault to the first success after the last failed probe (0 when none failed)."""
-        after = [(at, ok) for at, ok in self.attempts if at >= fault_at]
-        failures = [at for at, ok in after if not ok]
-        if not failures:
-            return 0.0
-        successes = [at for at, ok in after if ok and at > failures[-1]]
-        return round(successes[0] - fault_at, 1) if successes else float("inf")
-
-    @property
-    def count(self) -> int:
-        return len(self.attempts)
 
 
 def job_ids(client: redis.Redis) -> list[str]:
@@ -218,21 +174,40 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def failover_markdown(row: dict) -> str:
+    statuses = ", ".join(f"{status}: {count}" for status, count in row["client_statuses"].items())
+    bulk = row["bulk_job"]
+    return "\n".join(
+        [
+            "| fault | in flight at the kill | accepted | lost | failed | texts scored twice | failover s | recovery s "
+            "| client answers | bulk job |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| redis_failover | {row['in_flight_at_kill']} | {row['jobs_accepted']} | {row['jobs_lost']} | {row['jobs_failed']} "
+            f"| {row['texts_scored_twice']} | {row['failover_s']} | {row['recovery_s']} | {statuses} "
+            f"| {bulk['status']}, {bulk['texts_with_a_result']} of {bulk['texts']} texts with a result |",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fault", choices=FAULTS, action="append", help="a fault to run (default: all three)")
+    parser.add_argument("--fault", choices=FAULTS, action="append", help="a fault to run (default: all four)")
     parser.add_argument("--seconds", type=int, default=60, help="seconds of load per fault")
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for fault in args.fault or FAULTS:
-        row = run_fault(fault, args.seconds)
+        row = run_redis_failover(args.seconds) if fault == "redis_failover" else run_fault(fault, args.seconds)
         print(json.dumps(row), flush=True)
         rows.append(row)
     (args.out / "chaos.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "chaos.md").write_text(markdown(rows) + "\n")
-    print(markdown(rows))
+    single_stack_rows = [row for row in rows if row["fault"] != "redis_failover"]
+    tables = [markdown(single_stack_rows)] if single_stack_rows else []
+    tables += [failover_markdown(row) for row in rows if row["fault"] == "redis_failover"]
+    report = "\n\n".join(tables)
+    (args.out / "chaos.md").write_text(report + "\n")
+    print(report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """The Celery application, built from settings; the web side uses it only to send tasks by name."""
 
+import ssl
+from urllib.parse import quote
+
 from celery import Celery
 from kombu import Exchange, Queue
+
+from common.store import SENTINEL_TIMEOUT_S, main_redis_auth
 
 # One message carries the jobs of several concurrent requests of one web process (web.dispatch).
 PREDICT_JOBS_TASK = "sentiment.predict_jobs"
@@ -38,9 +43,33 @@ def publish_bulk_chunks(app: Celery, settings, job_id: str, chunks: list[tuple[i
             )
 
 
+def broker(settings) -> tuple[str, dict, dict | None]:
+    """The broker URL, the transport options that depend on it, and ``broker_use_ssl``.
+
+    Through Sentinels it is kombu's ``sentinel://`` transport, one URL per Sentinel, which asks
+    them for the primary on every new connection.
+    """
+    if not settings.sentinel_addresses:
+        return settings.redis_connection_url, {}, None
+    auth = main_redis_auth(settings)
+    credentials = ""
+    if auth["password"]:
+        credentials = f"{quote(auth['username'] or '', safe='')}:{quote(auth['password'], safe='')}@"
+    url = ";".join(f"sentinel://{credentials}{host}:{port}/{auth['db']}" for host, port in settings.sentinel_addresses)
+    sentinel_kwargs = {"socket_connect_timeout": SENTINEL_TIMEOUT_S, "socket_timeout": SENTINEL_TIMEOUT_S}
+    if auth["password"]:
+        sentinel_kwargs["password"] = auth["password"]
+    if auth["ssl"]:
+        sentinel_kwargs["ssl"] = True
+    options = {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
+    # kombu turns TLS on only for a non-empty dict.
+    return url, options, ({"ssl_cert_reqs": ssl.CERT_REQUIRED} if auth["ssl"] else None)
+
+
 def create_celery(settings) -> Celery:
     """Build a Celery app on the Redis broker with the service's reliability settings."""
-    app = Celery("sentiment", broker=settings.redis_connection_url, set_as_current=False)
+    broker_url, sentinel_options, broker_use_ssl = broker(settings)
+    app = Celery("sentiment", broker=broker_url, set_as_current=False)
     app.conf.update(
         # JSON only: a pickle payload from the broker would be code execution.
         task_serializer="json",
@@ -63,7 +92,9 @@ def create_celery(settings) -> Celery:
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            **sentinel_options,
         },
+        broker_use_ssl=broker_use_ssl,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_connection_timeout=2,

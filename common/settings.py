@@ -33,6 +33,26 @@ class Settings:
     redis_password_file: str = _setting(
         "REDIS_PASSWORD_FILE", "", "File holding the Redis password (a mounted secret); wins over REDIS_PASSWORD."
     )
+    redis_sentinels: str = _setting(
+        "REDIS_SENTINELS",
+        "",
+        "Comma-separated host:port of the Sentinels that watch the main Redis; empty: REDIS_URL names the server."
+        " With them, REDIS_URL gives only the scheme (rediss: TLS), the database and the password, which the Sentinels share.",
+    )
+    redis_sentinel_master: str = _setting(
+        "REDIS_SENTINEL_MASTER", "sentiment", "Name under which the Sentinels monitor the main Redis."
+    )
+    redis_replica_acks: int = _setting(
+        "REDIS_REPLICA_ACKS",
+        -1,
+        "Replicas that must hold a new job before POST answers (Redis WAIT), so a failover loses nothing accepted;"
+        " -1: 1 with REDIS_SENTINELS, else 0 (do not wait).",
+    )
+    redis_replica_ack_timeout_ms: int = _setting(
+        "REDIS_REPLICA_ACK_TIMEOUT_MS",
+        1000,
+        "Longest a POST waits for those replicas; past it the job is withdrawn and POST answers 503.",
+    )
     cache_redis_url: str = _setting(
         "CACHE_REDIS_URL", "", "Prediction cache; empty means REDIS_URL. Give the cache its own evicting Redis in production."
     )
@@ -215,6 +235,24 @@ class Settings:
         if self.redis_password_file:
             return Path(self.redis_password_file).read_text().strip()
         return self.redis_password
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each Sentinel in REDIS_SENTINELS; empty without them."""
+        addresses = []
+        for entry in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+            addresses.append((host.strip("[]"), int(port)))
+        return addresses
+
+    @property
+    def replica_acks_required(self) -> int:
+        """Replicas that must acknowledge a new job's writes before POST answers."""
+        if self.redis_replica_acks >= 0:
+            return self.redis_replica_acks
+        return 1 if self.redis_sentinels.strip() else 0
 
     @property
     def bulk_queue(self) -> str:

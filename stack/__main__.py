@@ -4,6 +4,11 @@ Starts redis-server (unless REDIS_URL is set), one worker, gunicorn on a private
 nginx, the front door, on PORT in front of it (as production runs: deploy/nginx/); waits until /ready
 answers through the front door, then runs until Ctrl-C or SIGTERM stops it all, or until one process exits.
 
+With --ha the main Redis is a primary, a replica and three Sentinels on free ports (Debian's
+redis-sentinel), the service finds the primary through them (REDIS_SENTINELS) and each job reaches
+the replica before its POST answers. Kill the primary and the Sentinels promote the replica within
+seconds; the launcher then restarts the dead server as the new primary's replica, as Kubernetes would.
+
 - PORT: the service's port (nginx's), 8000 by default.
 - TRUST_PROXY_HOPS: proxies in front of this stack, if any; the front door counts as one more.
 - REDIS_PORT: Redis's port; by default 6379, or a free port when something (often the system's
@@ -40,6 +45,7 @@ from stack.processes import (
     wait_until,
     web_allocator_env,
 )
+from stack.redis_ha import RedisHa
 
 DEFAULT_WEB_PORT = 8000
 DEFAULT_REDIS_PORT = 6379
@@ -73,7 +79,7 @@ def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run(environ: Mapping[str, str]) -> int:
+def run(environ: Mapping[str, str], ha: bool = False) -> int:
     """Start the stack, wait until it is ready, and watch it; return the exit status."""
     web_port = int(environ.get("PORT") or DEFAULT_WEB_PORT)
     ready_url = f"http://{LOOPBACK}:{web_port}/ready"
@@ -86,16 +92,27 @@ def run(environ: Mapping[str, str]) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     processes: list[RedisServer | ChildProcess] = []
+    redis_ha: RedisHa | None = None
     healthy_stop = False
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        if not environ.get("REDIS_URL"):
+        if ha:
+            maxmemory = environ.get("REDIS_MAXMEMORY") or DEFAULT_REDIS_MAXMEMORY
+            redis_ha = RedisHa(maxmemory=maxmemory)
+            redis_ha.start()
+            env.update(REDIS_URL=redis_ha.url, REDIS_SENTINELS=redis_ha.sentinel_setting)
+            say(
+                f"redis-server primary on port {redis_ha.servers[0].port}, replica on port {redis_ha.servers[1].port},"
+                f" maxmemory {maxmemory}; Sentinels on {redis_ha.sentinel_setting}"
+            )
+        elif not environ.get("REDIS_URL"):
             maxmemory = environ.get("REDIS_MAXMEMORY") or DEFAULT_REDIS_MAXMEMORY
             redis_server = RedisServer(choose_redis_port(environ), appendfsync="everysec", maxmemory=maxmemory)
             processes.append(redis_server)
             redis_server.start()
             env["REDIS_URL"] = redis_server.url
             say(f"redis-server on {LOOPBACK}:{redis_server.port}, maxmemory {maxmemory} (log: {redis_server.log_path})")
+        if ha or not environ.get("REDIS_URL"):
             if not environ.get("CACHE_REDIS_URL"):
                 # As compose and k8s run it: the cache evicts; the main server never drops queued work.
                 cache_maxmemory = environ.get("CACHE_REDIS_MAXMEMORY") or DEFAULT_CACHE_REDIS_MAXMEMORY
@@ -133,6 +150,10 @@ def run(environ: Mapping[str, str]) -> int:
         )
         while all(process.alive() for process in processes):
             time.sleep(WATCH_INTERVAL_S)
+            for restarted in redis_ha.heal() if redis_ha else []:
+                say(
+                    f"{restarted.name} had died; restarted on port {restarted.port} (the primary is on {redis_ha.primary_port()})"
+                )
         exited = next(process for process in processes if not process.alive())
         say(
             f"{exited.name} exited with code {exited.process.returncode}; stopping the rest."
@@ -145,7 +166,7 @@ def run(environ: Mapping[str, str]) -> int:
         return 1
     except TimeoutError as error:
         say(f"{error}; last lines of the logs:", sys.stderr)
-        for process in processes:
+        for process in [*(redis_ha.processes if redis_ha else []), *processes]:
             say(f"--- {process.name} ({process.log_path}):\n{process.tail()}", sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -162,11 +183,16 @@ def run(environ: Mapping[str, str]) -> int:
                 process.close()
             else:
                 process.stop()
+        if redis_ha is not None and healthy_stop:
+            redis_ha.close()
+        elif redis_ha is not None:
+            redis_ha.stop()
 
 
 if __name__ == "__main__":
     # No options: --help describes the environment variables above instead of starting the stack.
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    ).parse_args()
-    sys.exit(run(os.environ))
+    )
+    parser.add_argument("--ha", action="store_true", help="the main Redis as a primary, a replica and three Sentinels")
+    sys.exit(run(os.environ, ha=parser.parse_args().ha))

@@ -113,8 +113,11 @@ class RedisServer:
         maxmemory: str = "0",
         maxmemory_policy: str = "noeviction",
         appendonly: bool = True,
+        replica_of: int | None = None,
     ):
         self.port = port or free_port()
+        # The port of the primary this server replicates when it starts; None: it starts as a primary.
+        self.replica_of = replica_of
         # As deployed: a bounded server that refuses writes when full rather than dropping queued jobs.
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
@@ -159,14 +162,23 @@ class RedisServer:
                 self.maxmemory,
                 "--maxmemory-policy",
                 self.maxmemory_policy,
+                # A replica that (re)joins syncs at once: writes wait for it (WAIT) until it has.
+                "--repl-diskless-sync-delay",
+                "0",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')  # Redis's config syntax
-        self.process.stdin.write(f'requirepass "{quoted}"\n'.encode() if self.password else b"")
+        config = []
+        if self.password:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')  # Redis's config syntax
+            # masterauth too: a server a failover turns into a replica must log in to the new primary.
+            config += [f'requirepass "{quoted}"', f'masterauth "{quoted}"']
+        if self.replica_of is not None:
+            config.append(f"replicaof {LOOPBACK} {self.replica_of}")
+        self.process.stdin.write("".join(line + "\n" for line in config).encode())
         self.process.stdin.close()
         client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password or None, socket_connect_timeout=0.5)
 

@@ -14,6 +14,7 @@ import redis
 from common.celery_app import PREDICT_JOBS_TASK, create_celery
 from common.jobs import QueuedJob
 from common.settings import Settings
+from common.store.replication import NotReplicated
 from web.dispatch import JobDispatcher
 
 WAIT_S = 5
@@ -119,3 +120,24 @@ def test_published_messages_carry_the_texts_only_in_their_body(private_redis):
     assert text in body
     assert text not in json.dumps(message["headers"])
     assert message["headers"]["argsrepr"] == "jobs: 1"
+
+
+class FailingFence:
+    def wait(self) -> None:
+        raise NotReplicated("0 of 1 replicas acknowledged within 10 ms")
+
+
+def test_a_fence_that_no_replica_passes_fails_every_request_of_its_message():
+    celery, errors = RecordingCelery(), {}
+    dispatcher = JobDispatcher(celery, FailingFence())
+    celery.hold.clear()
+    first = send_in_thread(dispatcher, "first", errors)
+    assert celery.publishing.wait(WAIT_S)
+    later = [send_in_thread(dispatcher, f"later-{i}", errors) for i in range(2)]
+    wait_until_waiting(dispatcher, 2)
+    celery.hold.set()
+    for thread in [first, *later]:
+        thread.join(WAIT_S)
+    assert sorted(errors) == ["first", "later-0", "later-1"]
+    assert all(isinstance(error, NotReplicated) for error in errors.values())
+    assert len(celery.messages) == 2

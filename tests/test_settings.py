@@ -1,7 +1,12 @@
 """Settings: read from the environment in one place, every one documented in docs/settings.md."""
 
+import pytest
+
+from common.celery_app import broker
 from common.settings import Settings, documented_settings
+from common.store import main_redis_auth
 from stack import REPO
+from web.security import rate_limit_storage
 
 
 def test_every_setting_is_documented_in_docs_settings():
@@ -22,3 +27,31 @@ def test_defaults_need_no_environment():
     settings = Settings.from_env(environ={})
     assert settings.model.endswith("sst2-minilm-l6")
     assert not settings.api_keys_enabled and not settings.rate_limit
+
+
+def test_sentinels_name_the_main_redis_and_turn_on_the_replica_wait():
+    settings = Settings.from_env(environ={"REDIS_SENTINELS": " s1:26379, [::1]:26380 ,", "REDIS_URL": "rediss://:pw@x/3"})
+    assert settings.sentinel_addresses == [("s1", 26379), ("::1", 26380)]
+    assert settings.replica_acks_required == 1
+    assert main_redis_auth(settings) == {"ssl": True, "db": 3, "username": None, "password": "pw"}
+    assert Settings.from_env(environ={}).replica_acks_required == 0
+    assert Settings.from_env(environ={"REDIS_SENTINELS": "s1:1", "REDIS_REPLICA_ACKS": "0"}).replica_acks_required == 0
+    with pytest.raises(ValueError, match="host:port"):
+        _ = Settings.from_env(environ={"REDIS_SENTINELS": "s1"}).sentinel_addresses
+
+
+def test_celery_and_the_rate_limiter_reach_the_primary_through_the_sentinels():
+    settings = Settings.from_env(
+        environ={"REDIS_SENTINELS": "s1:26379,s2:26380", "REDIS_PASSWORD": "p@ss", "REDIS_URL": "redis://x/2"}
+    )
+    url, options, use_ssl = broker(settings)
+    assert url == "sentinel://:p%40ss@s1:26379/2;sentinel://:p%40ss@s2:26380/2"
+    assert options["master_name"] == "sentiment"
+    assert options["sentinel_kwargs"]["password"] == "p@ss"
+    assert use_ssl is None
+    uri, storage_options = rate_limit_storage(settings)
+    assert uri == "redis+sentinel://s1:26379,s2:26380/sentiment"
+    assert storage_options["password"] == storage_options["sentinel_kwargs"]["password"] == "p@ss"
+    assert storage_options["use_replicas"] is False
+    plain = Settings.from_env(environ={"REDIS_URL": "redis://x/2"})
+    assert broker(plain) == ("redis://x/2", {}, None)

@@ -14,7 +14,14 @@ from web.jobs import create_jobs_blueprint
 from web.keys import KeyRing, load_keys
 from web.predict import create_predict_blueprint
 from web.schemas import ErrorSchema, property_names
-from web.security import API_KEY_HEADER, API_KEY_SCHEME, FailedKeyAttempts, limit_rate, require_api_keys
+from web.security import (
+    API_KEY_HEADER,
+    API_KEY_SCHEME,
+    FailedKeyAttempts,
+    limit_rate,
+    rate_limit_storage,
+    require_api_keys,
+)
 from web.services import Services
 
 # Swagger UI's own files (swagger-ui-py's static folder; the package's Python code is not used).
@@ -60,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         failures = FailedKeyAttempts(services.stores.main, settings.api_key_failures_per_minute)
         require_api_keys(app, KeyRing(keys), failures if settings.api_key_failures_per_minute else None)
     if settings.rate_limit or any(key.owner.rate_limit for key in keys):
-        limit_rate(app, settings.rate_limit, settings.redis_connection_url, per_owner=bool(keys))
+        limit_rate(app, settings.rate_limit, rate_limit_storage(settings), per_owner=bool(keys))
 
     @app.get("/docs/assets/<path:filename>")
     def swagger_ui_assets(filename):

@@ -151,10 +151,11 @@ def submit(services: Services, owner: Owner, body: JobBody, options_schema, key:
 
 
 def publish(services: Services, job_id: str, total: int, owner: Owner) -> None:
-    """Send a stored job's chunks to its owner's queue; if that fails, the job goes."""
+    """Send a stored job's chunks to its owner's queue and wait for the replicas; if that fails, the job goes."""
     chunks = chunk_bounds(total, services.settings.bulk_chunk_texts)
     try:
         publish_bulk_chunks(services.celery, services.settings, job_id, chunks, owner.name)
+        services.replication.wait()
     except Exception:
         services.stores.bulk.abandon(job_id)
         raise

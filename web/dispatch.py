@@ -5,13 +5,15 @@ round trips) whether it holds one text or many, and so does the web side on a pu
 are coalesced, with no fixed wait: a request whose job finds nobody publishing sends it at once
 (an idle service adds no latency); jobs that arrive while a message is being published wait and
 leave together in the next one, which the first of them publishes. Each job keeps its own record,
-deadline and answer; only the transport is shared.
+deadline and answer; only the transport is shared. So is the wait for a replica to hold the jobs
+(REDIS_REPLICA_ACKS): one fence per message.
 """
 
 import threading
 
 from common.celery_app import PREDICT_JOBS_TASK
 from common.jobs import QueuedJob
+from common.store.replication import ReplicationFence
 from web import metrics
 
 
@@ -29,14 +31,15 @@ class _Outgoing:
 class JobDispatcher:
     """Publishes queued jobs, coalescing those that arrive while a publish is in flight."""
 
-    def __init__(self, celery):
+    def __init__(self, celery, replication: ReplicationFence | None = None):
         self.celery = celery
+        self.replication = replication
         self._lock = threading.Lock()
         self._waiting: list[_Outgoing] = []
         self._publishing = False
 
     def send(self, job: QueuedJob) -> None:
-        """Return once ``job`` is on the broker; raise what the publish raised if it failed."""
+        """Return once ``job`` is on the broker (and its replicas); raise what the publish or the fence raised."""
         outgoing = _Outgoing(job)
         with self._lock:
             self._waiting.append(outgoing)
@@ -62,6 +65,8 @@ class JobDispatcher:
                 argsrepr=f"jobs: {len(batch)}",
                 kwargsrepr="{}",
             )
+            if self.replication is not None:
+                self.replication.wait()
             error = None
             metrics.JOBS_PER_MESSAGE.observe(len(batch))
         except Exception as publish_error:  # each request answers for its own job (503, reservation released)

@@ -13,6 +13,7 @@ from flask import Flask, g, json, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.jobs import JobError
+from common.store.replication import NotReplicated
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,12 @@ class RedisUnavailable(Unavailable):
     code = "redis_unavailable"
 
 
+class NotReplicatedError(Unavailable):
+    """No Redis replica acknowledged a new job in time (REDIS_REPLICA_ACKS); the job was withdrawn."""
+
+    code = "not_replicated"
+
+
 class NoWorkers(Unavailable):
     """/ready: no worker has sent a heartbeat recently."""
 
@@ -199,6 +206,12 @@ def register_error_handlers(app: Flask) -> None:
 
     for error_class in UNAVAILABLE_ERRORS:
         app.register_error_handler(error_class, unavailable)
+
+    @app.errorhandler(NotReplicated)
+    def not_replicated(error: NotReplicated):
+        log.warning("job withdrawn: %s", error)
+        message = "no Redis replica took the job in time, so it was not queued; retry shortly"
+        return NotReplicatedError(message, headers={"Retry-After": "1"}).response()
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):

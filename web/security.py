@@ -13,6 +13,7 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from common.store import SENTINEL_TIMEOUT_S, main_redis_auth
 from common.store.keys import auth_failures_key
 from web.errors import RateLimited, Unauthorized
 from web.keys import ANONYMOUS_OWNER, KeyRing, Owner
@@ -116,7 +117,20 @@ def rate_limit_breached(request_limit):
     ).response()
 
 
-def limit_rate(app: Flask, limit: str, storage_uri: str, per_owner: bool) -> Limiter:
+def rate_limit_storage(settings) -> tuple[str, dict]:
+    """flask-limiter's storage URI and options: the main Redis, through its Sentinels when it has them."""
+    if not settings.sentinel_addresses:
+        return settings.redis_connection_url, {}
+    auth = main_redis_auth(settings)
+    sentinels = ",".join(f"{host}:{port}" for host, port in settings.sentinel_addresses)
+    options = {"use_replicas": False, "db": auth["db"], "ssl": auth["ssl"], "socket_timeout": SENTINEL_TIMEOUT_S}
+    # Counts go to the primary only: a replica's may lag behind them.
+    options.update({key: auth[key] for key in ("username", "password") if auth[key]})
+    options["sentinel_kwargs"] = {key: options[key] for key in ("password", "ssl", "socket_timeout") if key in options}
+    return f"redis+sentinel://{sentinels}/{settings.redis_sentinel_master}", options
+
+
+def limit_rate(app: Flask, limit: str, storage: tuple[str, dict], per_owner: bool) -> Limiter:
     """Apply a rate limit to every route but the open ones, counted in Redis.
 
     The limit is the owner's own (API_KEYS_FILE) or ``limit``; it counts per owner when
@@ -133,7 +147,8 @@ def limit_rate(app: Flask, limit: str, storage_uri: str, per_owner: bool) -> Lim
         counted_as,
         app=app,
         default_limits=[owners_limit],
-        storage_uri=storage_uri,
+        storage_uri=storage[0],
+        storage_options=storage[1],
         strategy="moving-window",
         # Redis away: serve without limits rather than refuse everyone.
         swallow_errors=True,

@@ -11,8 +11,12 @@
 """
 
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from common.store.backpressure import QueueBudget
 from common.store.bulk import BulkJobs
@@ -22,14 +26,63 @@ from common.store.jobs import JobRecord, JobRecords
 from common.store.webhooks import WebhookSchedule
 from common.store.workers import WorkerRegistry
 
-__all__ = ["JobRecord", "Stores", "connect", "stores_from_settings"]
+__all__ = ["JobRecord", "Stores", "connect", "connect_main", "stores_from_settings"]
+
+# A Sentinel that does not answer must not hold up finding the primary through the others.
+SENTINEL_TIMEOUT_S = 0.5
 
 
-def connect(url: str, socket_timeout: float | None = 5.0) -> redis.Redis:
-    """A Redis client that fails fast when the server is away, rather than hanging a request."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=socket_timeout, health_check_interval=30, decode_responses=True
+def connect(url: str, socket_timeout: float | None = 5.0, retries: bool = True) -> redis.Redis:
+    """A Redis client that fails fast when the server is away, rather than hanging a request.
+
+    Without ``retries`` a broken connection raises at once instead of redis-py retrying the command.
+    """
+    return redis.Redis.from_url(url, **_client_options(socket_timeout, retries))
+
+
+def _client_options(socket_timeout: float | None, retries: bool) -> dict:
+    options = {
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 30,
+        "decode_responses": True,
+    }
+    if not retries:
+        options["retry"] = Retry(NoBackoff(), 0)
+    return options
+
+
+def main_redis_auth(settings) -> dict:
+    """What REDIS_URL says of the main Redis beyond its address: TLS, database, user and password."""
+    parts = urlsplit(settings.redis_url)
+    database = parts.path.strip("/") or "0"
+    return {
+        "ssl": parts.scheme == "rediss",
+        "db": int(database),
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else settings.effective_redis_password() or None,
+    }
+
+
+def connect_main(settings, socket_timeout: float | None = 5.0, retries: bool = True) -> redis.Redis:
+    """A client of the main Redis: REDIS_URL's server, or the primary the Sentinels name now.
+
+    Through Sentinels, each new connection asks them for the primary, and a connection that finds
+    its server demoted (READONLY) drops itself; redis-py's retries then reach the new primary.
+    """
+    if not settings.sentinel_addresses:
+        return connect(settings.redis_connection_url, socket_timeout, retries)
+    auth = main_redis_auth(settings)
+    sentinel = Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={
+            "password": auth["password"],
+            "ssl": auth["ssl"],
+            "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+            "socket_timeout": SENTINEL_TIMEOUT_S,
+        },
     )
+    return sentinel.master_for(settings.redis_sentinel_master, **_client_options(socket_timeout, retries), **auth)
 
 
 @dataclass(frozen=True)
@@ -90,6 +143,6 @@ class Stores:
 
 def stores_from_settings(settings) -> Stores:
     """Build the Stores for these settings."""
-    main = connect(settings.redis_connection_url)
+    main = connect_main(settings)
     cache = main if settings.cache_url == settings.redis_url else connect(settings.cache_connection_url)
     return Stores.over(main, cache, settings.job_ttl_s, settings.cache_ttl_s)

@@ -26,6 +26,7 @@ Shared:
 - ``workers``                  sorted set: worker name -> last heartbeat time, for /ready.
 - ``batches``                  the most recent batch records (texts, tokens, seconds), for tests and diagnostics.
 - ``auth_failures:<address>``  failed X-API-Key attempts of one client address in the current minute.
+- ``replication_fence``        a counter each new job's POST bumps, then WAITs on, so its writes reach a replica.
 """
 
 import hashlib
@@ -38,6 +39,7 @@ QUEUED_TEXTS_KEY = PREFIX + "queued_texts"
 QUEUED_JOB_BYTES_KEY = PREFIX + "queued_bytes_by_job"
 QUEUED_BYTES_KEY = PREFIX + "queued_bytes"
 BATCHES_KEY = PREFIX + "batches"
+REPLICATION_FENCE_KEY = PREFIX + "replication_fence"
 BULK_QUEUED_TEXTS_KEY = PREFIX + "bulk_queued_texts"
 BULK_QUEUED_JOB_TEXTS_KEY = PREFIX + "bulk_queued_texts_by_job"
 BULK_QUEUED_JOB_BYTES_KEY = PREFIX + "bulk_queued_bytes_by_job"
