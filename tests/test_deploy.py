@@ -46,6 +46,10 @@ def of_kind(manifests, kind):
     return [doc for doc in manifests if doc["kind"] == kind]
 
 
+def sentinels(manifests) -> list[dict]:
+    return [doc for doc in of_kind(manifests, "StatefulSet") if doc["metadata"]["name"] == "sentiment-redis-sentinel"]
+
+
 def pod_specs(manifests):
     return [doc["spec"]["template"]["spec"] for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
 
@@ -165,11 +169,21 @@ def test_network_policies_let_only_the_intended_peers_in(manifests):
     ingress_controller = ("app-routing-system", {"app": "nginx"})
     keda = ("kube-system", {"app": "keda-operator"})
     prometheus = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    with_failover = bool(sentinels(manifests))
     for redis_server in ("sentiment-redis", "sentiment-redis-cache"):
         for source in (pod("sentiment-web"), pod("sentiment-worker")):
             assert ingress_allowed(manifests, redis_server, 6379, *source)
-        for source in (stranger, other_namespace, ingress_controller, keda, prometheus, pod("sentiment-redis")):
+        for source in (stranger, other_namespace, ingress_controller, keda, prometheus):
             assert not ingress_allowed(manifests, redis_server, 6379, *source), f"{source} reaches {redis_server}"
+        # With failover the replica follows the primary and the Sentinels watch both; nothing reaches the cache.
+        for source in (pod("sentiment-redis"), pod("sentiment-redis-sentinel")):
+            replication = with_failover and redis_server == "sentiment-redis"
+            assert ingress_allowed(manifests, redis_server, 6379, *source) == replication, f"{source} -> {redis_server}"
+    if with_failover:
+        for source in map(pod, ("sentiment-web", "sentiment-worker", "sentiment-redis", "sentiment-redis-sentinel")):
+            assert ingress_allowed(manifests, "sentiment-redis-sentinel", 26379, *source), f"{source} cannot ask the Sentinels"
+        for source in (stranger, other_namespace, ingress_controller, prometheus, pod("sentiment-redis-cache")):
+            assert not ingress_allowed(manifests, "sentiment-redis-sentinel", 26379, *source), f"{source} reaches the Sentinels"
     for source in (ingress_controller, keda, prometheus):
         assert ingress_allowed(manifests, "sentiment-web", 8000, *source)
     for source in (stranger, other_namespace, ("kube-system", {"app": "something-else"})):
@@ -190,7 +204,7 @@ def test_network_policies_let_only_the_intended_peers_in(manifests):
                 (block,) = [peer["ipBlock"] for peer in rule["to"]]
                 assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
                 continue
-            assert ports in ({6379}, {53}), f"{policy['metadata']['name']} opens egress to {ports}"
+            assert ports in ({6379}, {53}, {26379}), f"{policy['metadata']['name']} opens egress to {ports}"
 
 
 def test_pods_are_hardened(manifests):
@@ -222,10 +236,42 @@ def test_service_pods_wait_for_redis_and_have_probes(manifests):
 
 
 def test_base_has_pdbs_hpa_and_settings(manifests):
-    assert {p["metadata"]["name"] for p in of_kind(manifests, "PodDisruptionBudget")} == {"sentiment-web", "sentiment-worker"}
+    budgets = {p["metadata"]["name"] for p in of_kind(manifests, "PodDisruptionBudget")}
+    with_failover = {"sentiment-redis", "sentiment-redis-sentinel"} if sentinels(manifests) else set()
+    assert budgets == {"sentiment-web", "sentiment-worker"} | with_failover
     (hpa,) = of_kind(manifests, "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert of_kind(manifests, "ConfigMap")[0]["data"]["REDIS_URL"]
+
+
+def test_prod_runs_the_main_redis_behind_three_sentinels_on_separate_nodes():
+    manifests = render("prod")
+    (sentinel_set,) = sentinels(manifests)
+    (redis_set,) = [doc for doc in of_kind(manifests, "StatefulSet") if doc["metadata"]["name"] == "sentiment-redis"]
+    assert (sentinel_set["spec"]["replicas"], redis_set["spec"]["replicas"]) == (3, 2)
+    for workload in (sentinel_set, redis_set):
+        (term,) = workload["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+    budgets = {p["metadata"]["name"]: p["spec"] for p in of_kind(manifests, "PodDisruptionBudget")}
+    assert budgets["sentiment-redis-sentinel"] == {"minAvailable": 2, "selector": sentinel_set["spec"]["selector"]}
+    assert budgets["sentiment-redis"]["maxUnavailable"] == 1
+    # Clients list each Sentinel by its stable name, as the StatefulSet and its headless Service make them.
+    (config,) = of_kind(manifests, "ConfigMap")
+    settings = Settings.from_env(environ=config["data"])
+    service = sentinel_set["spec"]["serviceName"]
+    assert settings.sentinel_addresses == [(f"sentiment-redis-sentinel-{n}.{service}", 26379) for n in range(3)]
+    assert settings.replica_acks_required == 1
+    (sentinel_container,) = sentinel_set["spec"]["template"]["spec"]["containers"]
+    script = sentinel_container["command"][-1]
+    assert f"sentinel monitor {settings.redis_sentinel_master} $primary 6379 2" in script
+    (redis_container,) = redis_set["spec"]["template"]["spec"]["containers"]
+    script = redis_container["command"][-1]
+    # A restarted server asks the Sentinels for the primary and follows it, rather than come back a second primary.
+    assert "get-master-addr-by-name sentiment" in script and "replicaof" in script and "masterauth" in script
+    assert not sentinels(render("dev"))
 
 
 def test_prod_routes_exactly_the_public_paths():
