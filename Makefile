@@ -9,13 +9,13 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 SST2_DIR ?= ../shared/data/sst2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev redis-server nginx promtool compose chromium jemalloc constraints evaluate model-bench bench export-onnx smoke soak chaos clean
+.PHONY: run test lint install install-dev redis-server redis-sentinel nginx promtool compose chromium jemalloc constraints evaluate model-bench bench export-onnx smoke soak chaos clean
 
 run: install redis-server nginx jemalloc
 	$(VENV)/bin/python -m stack
 
 # --durations: the slowest tests, printed at the end, to keep the suite's time in view.
-test: install-dev redis-server nginx promtool chromium jemalloc lint
+test: install-dev redis-server redis-sentinel nginx promtool chromium jemalloc lint
 	$(VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 lint: install-dev nginx compose
@@ -43,9 +43,11 @@ install-dev: $(VENV)/.dev-installed
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
 
-# redis-sentinel too: `python -m stack --ha`, its tests and bench.chaos's failover run the main Redis behind Sentinels.
 redis-server:
 	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
+
+# `python -m stack --ha`, its tests and bench.chaos's failover run the main Redis behind Sentinels.
+redis-sentinel:
 	@command -v redis-sentinel >/dev/null || { $(APT_INSTALL) redis-sentinel; }
 
 # jemalloc: gunicorn runs on it where installed, as in Dockerfile.web (docs/reliability.md, "Soak and memory").
@@ -85,7 +87,7 @@ MINUTES ?= 5
 soak: install-dev redis-server jemalloc
 	$(VENV)/bin/python -m bench.soak --minutes $(MINUTES)
 
-chaos: install-dev redis-server jemalloc
+chaos: install-dev redis-server redis-sentinel jemalloc
 	$(VENV)/bin/python -m bench.chaos
 
 # Builds both images and runs the compose stack on a local dockerd (see README, "Smoke test").
