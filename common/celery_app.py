@@ -6,7 +6,7 @@ from urllib.parse import quote
 from celery import Celery
 from kombu import Exchange, Queue
 
-from common.store import SENTINEL_TIMEOUT_S, main_redis_auth
+from common.store import SENTINEL_TIMEOUT_S, main_redis_auth, tls_options
 
 # One message carries the jobs of several concurrent requests of one web process (web.dispatch).
 PREDICT_JOBS_TASK = "sentiment.predict_jobs"
@@ -55,15 +55,16 @@ def broker(settings) -> tuple[str, dict, dict | None]:
     credentials = ""
     if auth["password"]:
         credentials = f"{quote(auth['username'] or '', safe='')}:{quote(auth['password'], safe='')}@"
-    url = ";".join(f"sentinel://{credentials}{host}:{port}/{auth['db']}" for host, port in settings.sentinel_addresses)
+    url = ";".join(f"sentinel://{credentials}{netloc}/{auth['db']}" for netloc in settings.sentinel_netlocs)
     sentinel_kwargs = {"socket_connect_timeout": SENTINEL_TIMEOUT_S, "socket_timeout": SENTINEL_TIMEOUT_S}
     if auth["password"]:
         sentinel_kwargs["password"] = auth["password"]
-    if auth["ssl"]:
-        sentinel_kwargs["ssl"] = True
+    tls = tls_options(auth) if auth["ssl"] else {}
+    sentinel_kwargs.update(tls)
     options = {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
-    # kombu turns TLS on only for a non-empty dict.
-    return url, options, ({"ssl_cert_reqs": ssl.CERT_REQUIRED} if auth["ssl"] else None)
+    # kombu turns TLS on for a non-empty dict, and hands it to the primary's connections.
+    use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, **{key: value for key, value in tls.items() if key != "ssl"}}
+    return url, options, (use_ssl if tls else None)
 
 
 def create_celery(settings) -> Celery:

@@ -248,6 +248,11 @@ class Settings:
         return addresses
 
     @property
+    def sentinel_netlocs(self) -> list[str]:
+        """Each Sentinel as host:port for a URL, an IPv6 address in brackets."""
+        return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinel_addresses]
+
+    @property
     def replica_acks_required(self) -> int:
         """Replicas that must acknowledge a new job's writes before POST answers."""
         if self.redis_replica_acks >= 0:

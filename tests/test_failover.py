@@ -12,12 +12,18 @@ from collections import Counter
 import pytest
 import redis
 import requests
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 from bench.failover import UncachedClients
-from common.store import Stores
+from common.celery_app import create_celery
+from common.settings import Settings
+from common.store import Stores, connect_main
 from common.store.keys import done_key, job_key
 from stack import REPO, free_port, http_status, start_web, wait_until
 from stack.redis_ha import MASTER_NAME, RedisHa
+from web.security import rate_limit_storage
 
 # The bar for a failover: from the kill to the first 200 for a text nobody asked before.
 RECOVERY_BOUND_S = 15
@@ -172,3 +178,28 @@ def test_a_job_is_answered_only_once_a_replica_holds_it_else_503_and_withdrawn(r
         assert Stores.over(primary_client).queue.queued_texts() == 1, "the refused job's budget was not given back"
     finally:
         web.stop()
+
+
+def test_every_client_reaches_a_password_protected_primary_through_password_protected_sentinels():
+    password = 'a p@ss "with" quotes'
+    ha = RedisHa(password=password)
+    ha.start()
+    try:
+        settings = Settings.from_env(
+            environ={"REDIS_SENTINELS": ha.sentinel_setting, "REDIS_PASSWORD": password, "REDIS_URL": "redis://ignored/0"}
+        )
+        primary = redis.Redis(port=ha.primary_port(), password=password, decode_responses=True)
+        connect_main(settings).set("sentiment:test:store", "1")
+        celery = create_celery(settings)
+        try:
+            celery.send_task("sentiment.test", args=[1], queue="sentiment-test-auth")
+        finally:
+            celery.close()
+        uri, options = rate_limit_storage(settings)
+        storage = storage_from_string(uri, **options)
+        MovingWindowRateLimiter(storage).hit(parse("5/minute"), "a client")
+        assert primary.get("sentiment:test:store") == "1"
+        assert primary.llen("sentiment-test-auth") == 1
+        assert any("LIMITER" in key for key in primary.keys())
+    finally:
+        ha.close()

@@ -32,6 +32,7 @@ def test_defaults_need_no_environment():
 def test_sentinels_name_the_main_redis_and_turn_on_the_replica_wait():
     settings = Settings.from_env(environ={"REDIS_SENTINELS": " s1:26379, [::1]:26380 ,", "REDIS_URL": "rediss://:pw@x/3"})
     assert settings.sentinel_addresses == [("s1", 26379), ("::1", 26380)]
+    assert settings.sentinel_netlocs == ["s1:26379", "[::1]:26380"]
     assert settings.replica_acks_required == 1
     assert main_redis_auth(settings) == {"ssl": True, "db": 3, "username": None, "password": "pw"}
     assert Settings.from_env(environ={}).replica_acks_required == 0
@@ -51,7 +52,22 @@ def test_celery_and_the_rate_limiter_reach_the_primary_through_the_sentinels():
     assert use_ssl is None
     uri, storage_options = rate_limit_storage(settings)
     assert uri == "redis+sentinel://s1:26379,s2:26380/sentiment"
-    assert storage_options["password"] == storage_options["sentinel_kwargs"]["password"] == "p@ss"
+    assert storage_options["password"] == "p@ss"  # limits gives it to the Sentinels as well
     assert storage_options["use_replicas"] is False
     plain = Settings.from_env(environ={"REDIS_URL": "redis://x/2"})
     assert broker(plain) == ("redis://x/2", {}, None)
+
+
+def test_a_rediss_url_carries_its_tls_options_to_every_client_through_the_sentinels():
+    environ = {"REDIS_SENTINELS": "s1:26379,[::1]:26380", "REDIS_URL": "rediss://x/0?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required"}
+    settings = Settings.from_env(environ=environ)
+    tls = {"ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "required"}
+    assert main_redis_auth(settings).items() >= {"ssl": True, **tls}.items()
+    url, options, use_ssl = broker(settings)
+    assert url == "sentinel://s1:26379/0;sentinel://[::1]:26380/0"
+    assert use_ssl == tls
+    assert options["sentinel_kwargs"].items() >= {"ssl": True, **tls}.items()
+    uri, storage_options = rate_limit_storage(settings)
+    assert uri == "redis+sentinel://s1:26379,[::1]:26380/sentiment"
+    assert storage_options.items() >= {"ssl": True, **tls}.items()
+    assert storage_options["sentinel_kwargs"].items() >= {"ssl": True, **tls}.items()

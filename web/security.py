@@ -13,7 +13,7 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from common.store import SENTINEL_TIMEOUT_S, main_redis_auth
+from common.store import SENTINEL_TIMEOUT_S, main_redis_auth, tls_options
 from common.store.keys import auth_failures_key
 from web.errors import RateLimited, Unauthorized
 from web.keys import ANONYMOUS_OWNER, KeyRing, Owner
@@ -122,11 +122,12 @@ def rate_limit_storage(settings) -> tuple[str, dict]:
     if not settings.sentinel_addresses:
         return settings.redis_connection_url, {}
     auth = main_redis_auth(settings)
-    sentinels = ",".join(f"{host}:{port}" for host, port in settings.sentinel_addresses)
-    options = {"use_replicas": False, "db": auth["db"], "ssl": auth["ssl"], "socket_timeout": SENTINEL_TIMEOUT_S}
+    tls = tls_options(auth)
     # Counts go to the primary only: a replica's may lag behind them.
+    options = {"use_replicas": False, "db": auth["db"], "socket_timeout": 5.0, **tls}
     options.update({key: auth[key] for key in ("username", "password") if auth[key]})
-    options["sentinel_kwargs"] = {key: options[key] for key in ("password", "ssl", "socket_timeout") if key in options}
+    options["sentinel_kwargs"] = {"socket_timeout": SENTINEL_TIMEOUT_S, **tls}
+    sentinels = ",".join(settings.sentinel_netlocs)
     return f"redis+sentinel://{sentinels}/{settings.redis_sentinel_master}", options
 
 

@@ -11,10 +11,10 @@
 """
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -30,6 +30,8 @@ __all__ = ["JobRecord", "Stores", "connect", "connect_main", "stores_from_settin
 
 # A Sentinel that does not answer must not hold up finding the primary through the others.
 SENTINEL_TIMEOUT_S = 0.5
+# A rediss:// REDIS_URL's query options that Sentinel clients carry over, as redis-py reads them from a plain URL.
+TLS_URL_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def connect(url: str, socket_timeout: float | None = 5.0, retries: bool = True) -> redis.Redis:
@@ -47,28 +49,36 @@ def _client_options(socket_timeout: float | None, retries: bool) -> dict:
         "health_check_interval": 30,
         "decode_responses": True,
     }
-    if not retries:
-        options["retry"] = Retry(NoBackoff(), 0)
+    # What redis-py gives a client built from a URL, spelled out: a client of Sentinels' pool gets no retries otherwise.
+    options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10) if retries else Retry(NoBackoff(), 0)
     return options
 
 
 def main_redis_auth(settings) -> dict:
-    """What REDIS_URL says of the main Redis beyond its address: TLS, database, user and password."""
+    """What REDIS_URL says of the main Redis beyond its address: TLS and its options, database, user and password."""
     parts = urlsplit(settings.redis_url)
     database = parts.path.strip("/") or "0"
+    query = dict(parse_qsl(parts.query))
+    tls = parts.scheme == "rediss"
     return {
-        "ssl": parts.scheme == "rediss",
+        "ssl": tls,
+        **({option: query[option] for option in TLS_URL_OPTIONS if option in query} if tls else {}),
         "db": int(database),
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password is not None else settings.effective_redis_password() or None,
     }
 
 
+def tls_options(auth: dict) -> dict:
+    """The TLS options among ``main_redis_auth``'s, for the Sentinels' own connections too."""
+    return {key: value for key, value in auth.items() if key == "ssl" or key in TLS_URL_OPTIONS}
+
+
 def connect_main(settings, socket_timeout: float | None = 5.0, retries: bool = True) -> redis.Redis:
     """A client of the main Redis: REDIS_URL's server, or the primary the Sentinels name now.
 
     Through Sentinels, each new connection asks them for the primary, and a connection that finds
-    its server demoted (READONLY) drops itself; redis-py's retries then reach the new primary.
+    its server demoted (READONLY) drops itself; the command's retries then reach the new primary.
     """
     if not settings.sentinel_addresses:
         return connect(settings.redis_connection_url, socket_timeout, retries)
@@ -77,7 +87,7 @@ def connect_main(settings, socket_timeout: float | None = 5.0, retries: bool = T
         settings.sentinel_addresses,
         sentinel_kwargs={
             "password": auth["password"],
-            "ssl": auth["ssl"],
+            **tls_options(auth),
             "socket_connect_timeout": SENTINEL_TIMEOUT_S,
             "socket_timeout": SENTINEL_TIMEOUT_S,
         },
