@@ -3,10 +3,10 @@
 A fresh local stack with the main Redis as ``python -m stack --ha`` runs it (a primary, a replica
 and three Sentinels, appendfsync everysec), its own evicting cache Redis, one worker and gunicorn
 with two processes. One bulk job of BULK_TEXTS texts is submitted; then 32 client threads send
-uncached requests: half wait for their answer, half send wait=0 and poll each accepted job until it
-ends before they send the next. A third of the way in, the primary is SIGKILLed; what Kubernetes
-does next (start the dead server again, as a replica of the primary the Sentinels name) is played
-as ``python -m stack --ha`` plays it.
+uncached requests of two texts of two sentences each: half wait for their answer, half send wait=0
+and poll each accepted job until it ends before they send the next. A third of the way in, the
+primary is SIGKILLed; what Kubernetes does next (start the dead server again, as a replica of the
+primary the Sentinels name) is played as ``python -m stack --ha`` plays it.
 
 The report (JSON):
 - ``jobs_accepted``: requests answered 200 or 202; ``jobs_lost``: those answered 202 whose job
@@ -41,8 +41,9 @@ SYNC_WAIT_S = 5
 VISIBILITY_TIMEOUT_S = 30
 # How long every accepted job and the bulk job get to end after the load stops.
 SETTLE_S = VISIBILITY_TIMEOUT_S + 90
-# Long enough that jobs queue behind the worker, so the kill finds accepted ones in flight.
-LONG_TEXT = "the plot wanders , but the actors are good and the ending lands well . " * 8
+SENTENCE = "the plot wanders , but the actors are good and the ending lands well . "
+# The load's texts: two sentences, about SST-2's longer ones (tests pass longer ones, to keep jobs queued).
+CLIENT_TEXT = SENTENCE * 2
 
 
 class RecoveryProbe:
@@ -106,8 +107,9 @@ class UncachedClients:
     """Threads that post distinct uncached texts until stopped and keep every answer; the odd ones
     send wait=0 and poll each accepted job until it ends before they send the next."""
 
-    def __init__(self, url: str, count: int):
+    def __init__(self, url: str, count: int, text: str = CLIENT_TEXT):
         self.url = url
+        self.text = text
         # (status, content type, JSON body or {}, texts) per answer; a list append is atomic under the GIL.
         self.answers: list[tuple[int, str, dict, list[str]]] = []
         self.errors: list[BaseException] = []
@@ -118,7 +120,7 @@ class UncachedClients:
         sent = 0
         while not self._stop.is_set():
             sent += 1
-            texts = [f"{LONG_TEXT} client {number} , take {sent}-{i}" for i in range(2)]
+            texts = [f"{self.text} client {number} , take {sent}-{i}" for i in range(2)]
             wait = "?wait=0" if number % 2 else ""
             try:
                 response = requests.post(f"{self.url}/predict{wait}", json={"text": texts}, timeout=SYNC_WAIT_S + 35)

@@ -16,7 +16,7 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from bench.failover import UncachedClients
+from bench.failover import SENTENCE, UncachedClients
 from common.celery_app import create_celery
 from common.settings import Settings
 from common.store import Stores, connect_main
@@ -64,7 +64,8 @@ def test_ha_stack_loses_no_accepted_job_when_its_primary_is_killed_under_load(tm
         primary = redis.Redis(port=primary_port, decode_responses=True)
         primary_pid = int(primary.info("server")["process_id"])
 
-        clients = UncachedClients(url, 8).start()
+        # Long texts, so jobs queue behind the worker and the kill finds accepted ones in flight.
+        clients = UncachedClients(url, 8, text=SENTENCE * 8).start()
 
         def accepted_in_flight() -> set[str]:
             accepted = {body["job_id"] for status, _, body, _ in list(clients.answers) if status == 202}
