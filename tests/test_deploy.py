@@ -418,3 +418,65 @@ def test_web_app_never_imports_torch():
         check=True,
     )
     assert result.stdout.split() == ["False", "False"]
+
+
+STUB_COMMANDS = {
+    # The pod's name, and what each Sentinel answers (host=primary, space-separated; none: it is down).
+    "hostname": 'echo "$POD_NAME"',
+    "redis-cli": """host=""; while [ $# -gt 0 ]; do [ "$1" = -h ] && host="$2"; shift; done
+for pair in $SENTINEL_ANSWERS; do [ "${pair%%=*}" = "$host" ] && { printf '%s\\n6379\\n' "${pair#*=}"; exit 0; }; done
+exit 1""",
+    "timeout": 'shift; exec "$@"',
+    "sleep": "exit 0",
+    "redis-server": 'echo "args: $*"; cat "$1"',
+    "redis-sentinel": 'echo "args: $*"; cat "$1"',
+}
+
+
+def run_pod_script(tmp_path, workload: str, pod: str, sentinels_answer: dict[str, str], existing_config: str = "") -> str:
+    """Run a prod StatefulSet's start-up script with stand-ins for the pod's commands; what it started, and with what config."""
+    (workload_doc,) = [doc for doc in of_kind(render("prod"), "StatefulSet") if doc["metadata"]["name"] == workload]
+    script = workload_doc["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in STUB_COMMANDS.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "password").write_text('pa"ss\n')
+    if existing_config:
+        (tmp_path / "sentinel.conf").write_text(existing_config)
+    for path, local in (
+        ("/run/secrets/redis/password", "password"),
+        ("/run/redis/auth.conf", "auth.conf"),
+        ("/data/sentinel.conf", "sentinel.conf"),
+    ):
+        script = script.replace(path, str(tmp_path / local))
+    answers = " ".join(
+        f"sentiment-redis-sentinel-{number}.sentiment-redis-sentinel={primary}" for number, primary in sentinels_answer.items()
+    )
+    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", "POD_NAME": pod, "SENTINEL_ANSWERS": answers}
+    result = subprocess.run(["sh", "-c", script], env=environment, capture_output=True, text=True, timeout=30, check=True)
+    return result.stdout
+
+
+def test_prod_redis_servers_follow_the_primary_the_sentinels_name_and_pod_0_only_when_none_answers(tmp_path):
+    node = "sentiment-redis-{}.sentiment-redis-nodes".format
+    first_start = run_pod_script(tmp_path, "sentiment-redis", "sentiment-redis-0", {})
+    assert "replicaof" not in first_start and 'requirepass "pa\\"ss"' in first_start and 'masterauth "pa\\"ss"' in first_start
+    assert f"replicaof {node(0)} 6379" in run_pod_script(tmp_path, "sentiment-redis", "sentiment-redis-1", {})
+    # After a failover made pod 1 the primary, a restarted pod 0 comes back as its replica, whichever Sentinel answers.
+    assert f"replicaof {node(1)} 6379" in run_pod_script(tmp_path, "sentiment-redis", "sentiment-redis-0", {2: node(1)})
+    assert "replicaof" not in run_pod_script(tmp_path, "sentiment-redis", "sentiment-redis-1", {0: node(1)})
+
+
+def test_prod_sentinels_keep_what_they_learned_and_else_ask_the_others(tmp_path):
+    node = "sentiment-redis-{}.sentiment-redis-nodes".format
+    fresh = run_pod_script(tmp_path, "sentiment-redis-sentinel", "sentiment-redis-sentinel-0", {})
+    assert f"sentinel monitor sentiment {node(0)} 6379 2" in fresh
+    assert "sentinel announce-ip sentiment-redis-sentinel-0.sentiment-redis-sentinel" in fresh
+    (tmp_path / "sentinel.conf").unlink()
+    # A new Sentinel asks the others, never itself.
+    joined = run_pod_script(tmp_path, "sentiment-redis-sentinel", "sentiment-redis-sentinel-2", {1: node(1), 2: node(0)})
+    assert f"sentinel monitor sentiment {node(1)} 6379 2" in joined
+    remembered = f"sentinel monitor sentiment {node(1)} 6379 2\n"
+    assert run_pod_script(tmp_path, "sentiment-redis-sentinel", "sentiment-redis-sentinel-0", {}, remembered).endswith(remembered)
