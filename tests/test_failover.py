@@ -177,6 +177,7 @@ def test_a_job_is_answered_only_once_a_replica_holds_it_else_503_and_withdrawn(r
         assert 2.5 <= time.monotonic() - refused_at < 10
         assert set(stored_jobs(primary_client)) == {job_id}, "the refused job's record stayed"
         assert Stores.over(primary_client).queue.queued_texts() == 1, "the refused job's budget was not given back"
+        assert "sentiment_jobs_not_replicated_total 1.0" in requests.get(f"{url}/metrics", timeout=10).text
     finally:
         web.stop()
 

@@ -75,7 +75,7 @@ def test_service_exports_the_documented_metrics(exported):
         # Bulk jobs: the fixture's traffic sends none, so in a run of this module alone the worker's
         # counters show only if their outcomes are exported at 0 from the start.
         "sentiment_bulk_texts_queued_total", "sentiment_bulk_jobs_cancelled_total", "sentiment_bulk_queued_texts",
-        "sentiment_worker_bulk_texts_total", "sentiment_worker_webhooks_total",
+        "sentiment_worker_bulk_texts_total", "sentiment_worker_webhooks_total", "sentiment_jobs_not_replicated_total",
     }  # fmt: skip
     assert expected <= exported
 

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.jobs import JobError
 from common.store.replication import NotReplicated
+from web import metrics
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(NotReplicated)
     def not_replicated(error: NotReplicated):
         log.warning("job withdrawn: %s", error)
+        metrics.JOBS_NOT_REPLICATED.inc()
         message = "no Redis replica took the job in time, so it was not queued; retry shortly"
         return NotReplicatedError(message, headers={"Retry-After": "1"}).response()
 

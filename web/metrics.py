@@ -37,6 +37,10 @@ ANSWERED_CACHED, ANSWERED_SYNC = ANSWERS.labels("cached"), ANSWERS.labels("sync"
 ANSWERED_ASYNC, ANSWERED_FAILED = ANSWERS.labels("async"), ANSWERS.labels("failed")
 BULK_TEXTS_QUEUED = Counter("sentiment_bulk_texts_queued_total", "Texts of bulk jobs accepted by POST /jobs.")
 BULK_JOBS_CANCELLED = Counter("sentiment_bulk_jobs_cancelled_total", "Bulk jobs cancelled by POST /jobs/<id>/cancel.")
+JOBS_NOT_REPLICATED = Counter(
+    "sentiment_jobs_not_replicated_total",
+    "Jobs withdrawn because no Redis replica acknowledged them in time (POST answered 503 not_replicated).",
+)
 # Owners are API keys' names (a configured, bounded set) or "anonymous", so the label stays bounded.
 OWNER_TEXTS = Counter(
     "sentiment_owner_texts_total", "Texts submitted, by owner (API key name) and route (predict, jobs).", ["owner", "route"]
