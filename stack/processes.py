@@ -100,7 +100,34 @@ def exited_during_startup(process: "ChildProcess | RedisServer") -> StartupError
     )
 
 
-class RedisServer:
+class FolderServer:
+    """A server process (``process``, once started) that keeps its data and ``log_path`` in a ``folder`` of its own."""
+
+    folder: Path
+    log_path: Path
+    process: subprocess.Popen | None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            self.process.wait(10)
+
+    def close(self) -> None:
+        """Stop it and delete its folder: data, config and log."""
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class RedisServer(FolderServer):
     """A redis-server on loopback with append-only persistence (so a restart keeps the queue), logging into its folder."""
 
     name = "redis-server"
@@ -195,25 +222,6 @@ class RedisServer:
             wait_until(answers, 10, "redis-server to answer")
         finally:
             client.close()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            self.process.wait(10)
-
-    def close(self) -> None:
-        """Stop Redis and delete its data and log."""
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ChildProcess:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from stack.processes import LOOPBACK, TAIL_LINES, RedisServer, StartupError, die_with_parent, free_port, wait_until
+from stack.processes import LOOPBACK, FolderServer, RedisServer, StartupError, die_with_parent, free_port, wait_until
 
 MASTER_NAME = "sentiment"
 SENTINELS = 3
@@ -20,7 +20,7 @@ DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 10000
 
 
-class RedisSentinel:
+class RedisSentinel(FolderServer):
     """A redis-sentinel on loopback that watches one primary, with its config and log in its own folder."""
 
     name = "redis-sentinel"
@@ -96,24 +96,6 @@ class RedisSentinel:
         with self.client() as client:
             state = client.sentinel_master(MASTER_NAME)
         return int(state["num-other-sentinels"]), int(state["num-slaves"])
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            self.process.wait(10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class RedisHa:
