@@ -51,7 +51,6 @@ class RecoveryProbe:
 
     def __init__(self, web_url: str):
         self.web_url = web_url
-        self.attempts: list[tuple[float, bool]] = []
         # (started, answered, status or the exception's name) of every attempt
         self.answers: list[tuple[float, float, str]] = []
         self._stop = threading.Event()
@@ -69,7 +68,6 @@ class RecoveryProbe:
                 status = str(response.status_code)
             except requests.RequestException as error:
                 status = type(error).__name__
-            self.attempts.append((started, status == "200"))
             self.answers.append((started, time.time(), status))
             self._stop.wait(0.25)
 
@@ -91,7 +89,7 @@ class RecoveryProbe:
 
     def seconds_to_recover(self, fault_at: float) -> float:
         """From the fault to the first success after the last failed probe (0 when none failed)."""
-        after = [(at, ok) for at, ok in self.attempts if at >= fault_at]
+        after = [(at, status == "200") for at, _, status in self.answers if at >= fault_at]
         failures = [at for at, ok in after if not ok]
         if not failures:
             return 0.0
@@ -100,7 +98,7 @@ class RecoveryProbe:
 
     @property
     def count(self) -> int:
-        return len(self.attempts)
+        return len(self.answers)
 
 
 class UncachedClients:
