@@ -64,6 +64,20 @@ def wait_until_waiting(dispatcher: JobDispatcher, count: int) -> None:
     pytest.fail(f"{count} jobs never queued behind the publish in flight")
 
 
+def send_while_the_first_publishes(dispatcher: JobDispatcher, celery, later: int) -> dict:
+    """Job "first" starts a publish that holds; ``later`` jobs queue behind it; then it is released. Errors by job."""
+    errors = {}
+    celery.hold.clear()
+    first = send_in_thread(dispatcher, "first", errors)
+    assert celery.publishing.wait(WAIT_S)
+    behind = [send_in_thread(dispatcher, f"later-{i}", errors) for i in range(later)]
+    wait_until_waiting(dispatcher, later)
+    celery.hold.set()
+    for thread in [first, *behind]:
+        thread.join(WAIT_S)
+    return errors
+
+
 def test_a_lone_job_leaves_at_once_in_its_own_message():
     celery = RecordingCelery()
     JobDispatcher(celery).send(job("alone"))
@@ -71,16 +85,8 @@ def test_a_lone_job_leaves_at_once_in_its_own_message():
 
 
 def test_jobs_arriving_during_a_publish_leave_together_in_the_next_message():
-    celery, errors = RecordingCelery(), {}
-    dispatcher = JobDispatcher(celery)
-    celery.hold.clear()
-    first = send_in_thread(dispatcher, "first", errors)
-    assert celery.publishing.wait(WAIT_S)
-    later = [send_in_thread(dispatcher, f"later-{i}", errors) for i in range(5)]
-    wait_until_waiting(dispatcher, 5)
-    celery.hold.set()
-    for thread in [first, *later]:
-        thread.join(WAIT_S)
+    celery = RecordingCelery()
+    errors = send_while_the_first_publishes(JobDispatcher(celery), celery, later=5)
     assert not errors
     assert celery.messages[0] == ["first"]
     assert sorted(celery.messages[1]) == [f"later-{i}" for i in range(5)], celery.messages
@@ -128,16 +134,8 @@ class FailingFence:
 
 
 def test_a_fence_that_no_replica_passes_fails_every_request_of_its_message():
-    celery, errors = RecordingCelery(), {}
-    dispatcher = JobDispatcher(celery, FailingFence())
-    celery.hold.clear()
-    first = send_in_thread(dispatcher, "first", errors)
-    assert celery.publishing.wait(WAIT_S)
-    later = [send_in_thread(dispatcher, f"later-{i}", errors) for i in range(2)]
-    wait_until_waiting(dispatcher, 2)
-    celery.hold.set()
-    for thread in [first, *later]:
-        thread.join(WAIT_S)
+    celery = RecordingCelery()
+    errors = send_while_the_first_publishes(JobDispatcher(celery, FailingFence()), celery, later=2)
     assert sorted(errors) == ["first", "later-0", "later-1"]
     assert all(isinstance(error, NotReplicated) for error in errors.values())
     assert len(celery.messages) == 2
